@@ -1,0 +1,234 @@
+"""HDF5 checkpoints: the complete state of a run, written atomically.
+
+Schema (version 1) -- see README "Checkpoint format":
+  /            attrs  format, schema_version, generation, timesteps, episodes, wall_seconds,
+                      eval_return, best_eval_return, params_sha256, config (JSON), policy (JSON),
+                      versions (JSON), created, hostname, n_ranks
+  /params      float32 (num_params,)    the mean of the search distribution
+  /optimizer   attrs name, t; datasets of the optimizer's moments (adam: m, v; sgd/clipup: v)
+  /obs_norm    count (int64), sum, sumsq (float64, obs_dim)
+  /noise       attrs seed, table_size, dtype, chunk, generator
+  /history     one 1-D dataset per logged column, one entry per logged generation
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import noise
+
+FORMAT = "nes_mpi-checkpoint"
+SCHEMA_VERSION = 1
+CKPT_RE = re.compile(r"^ckpt_(\d+)\.h5$")
+
+
+class CheckpointError(RuntimeError):
+    """An unusable checkpoint file: reported in one line, exit code 2."""
+
+
+@dataclass
+class TrainState:
+    params: np.ndarray
+    optimizer: dict
+    obs_norm: dict
+    generation: int
+    timesteps: int
+    episodes: int
+    wall_seconds: float
+    eval_return: float
+    best_eval_return: float
+    config: dict
+    policy: dict
+    history: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    n_ranks: int = 1
+    created: str = ""
+    hostname: str = ""
+
+
+def params_sha256(params: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(params, dtype=np.float32).tobytes()).hexdigest()
+
+
+def library_versions() -> dict:
+    import gymnasium
+    import mujoco
+    import mpi4py
+    import torch
+    from mpi4py import MPI
+
+    from . import __version__
+
+    return {
+        "nes_mpi": __version__, "python": platform.python_version(), "numpy": np.__version__,
+        "torch": torch.__version__, "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__,
+        "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "mpi4py": mpi4py.__version__,
+        "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+    }
+
+
+def checkpoint_dir(run_dir) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_path(run_dir, generation: int) -> Path:
+    return checkpoint_dir(run_dir) / f"ckpt_{generation:06d}.h5"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(state: TrainState, path) -> Path:
+    """Write to a temporary file beside `path`, fsync, then rename over it: never a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    cfg = state.config
+    try:
+        with h5py.File(tmp, "w") as f:
+            a = f.attrs
+            a["format"] = FORMAT
+            a["schema_version"] = SCHEMA_VERSION
+            a["generation"] = int(state.generation)
+            a["timesteps"] = int(state.timesteps)
+            a["episodes"] = int(state.episodes)
+            a["wall_seconds"] = float(state.wall_seconds)
+            a["eval_return"] = float(state.eval_return)
+            a["best_eval_return"] = float(state.best_eval_return)
+            a["params_sha256"] = params_sha256(state.params)
+            a["config"] = json.dumps(cfg, sort_keys=True)
+            a["policy"] = json.dumps(state.policy, sort_keys=True)
+            a["versions"] = json.dumps(state.versions or library_versions(), sort_keys=True)
+            a["created"] = state.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            a["hostname"] = state.hostname or socket.gethostname()
+            a["n_ranks"] = int(state.n_ranks)
+            a["env_id"] = cfg.get("env", "")
+            f.create_dataset("params", data=np.asarray(state.params, dtype=np.float32))
+            g = f.create_group("optimizer")
+            g.attrs["name"] = cfg.get("optimizer", "")
+            for k, v in state.optimizer.items():
+                if k == "t":
+                    g.attrs["t"] = int(v)
+                else:
+                    g.create_dataset(k, data=v)
+            g = f.create_group("obs_norm")
+            for k, v in state.obs_norm.items():
+                g.create_dataset(k, data=v)
+            g = f.create_group("noise")
+            g.attrs["seed"] = int(cfg.get("seed", 0))
+            g.attrs["table_size"] = int(cfg.get("noise_table_size", 0))
+            g.attrs["dtype"] = np.dtype(noise.NOISE_DTYPE).name
+            g.attrs["chunk"] = noise.CHUNK
+            g.attrs["generator"] = "numpy PCG64 via default_rng([seed, 0x5EED, chunk]); offsets default_rng([seed, 0x0FF5E7, generation])"
+            g = f.create_group("history")
+            for k, v in state.history.items():
+                g.create_dataset(k, data=np.asarray(v))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load(path, verify: bool = True) -> TrainState:
+    """Read a checkpoint; any problem becomes a CheckpointError with a one-line reason."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file (use --resume auto with --run-dir)")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as e:
+        raise CheckpointError(f"{path} is not a readable HDF5 file ({_short(e)})") from None
+    try:
+        with f:
+            a = f.attrs
+            if a.get("format") != FORMAT:
+                raise CheckpointError(f"{path} is an HDF5 file but not an nes_mpi checkpoint")
+            version = int(a.get("schema_version", -1))
+            if version != SCHEMA_VERSION:
+                raise CheckpointError(f"{path} has checkpoint schema version {version}; this nes_mpi reads version {SCHEMA_VERSION}")
+            params = f["params"][()]
+            opt = {k: f["optimizer"][k][()] for k in f["optimizer"]}
+            opt["t"] = int(f["optimizer"].attrs["t"])
+            state = TrainState(
+                params=params,
+                optimizer=opt,
+                obs_norm={k: f["obs_norm"][k][()] for k in f["obs_norm"]},
+                generation=int(a["generation"]), timesteps=int(a["timesteps"]), episodes=int(a["episodes"]),
+                wall_seconds=float(a["wall_seconds"]), eval_return=float(a["eval_return"]),
+                best_eval_return=float(a["best_eval_return"]),
+                config=json.loads(a["config"]), policy=json.loads(a["policy"]),
+                history={k: f["history"][k][()] for k in f["history"]},
+                versions=json.loads(a["versions"]), n_ranks=int(a["n_ranks"]),
+                created=str(a["created"]), hostname=str(a["hostname"]),
+            )
+            stored_sha = str(a["params_sha256"])
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} is damaged or incomplete ({_short(e)})") from None
+    if verify and params_sha256(state.params) != stored_sha:
+        raise CheckpointError(f"{path} failed its checksum: the stored parameters are corrupted")
+    return state
+
+
+def _short(e: Exception) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    """(generation, path) of the numbered checkpoints in a run directory, newest first."""
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def latest_good(run_dir) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that loads and passes its checksum, and the reasons others were skipped."""
+    skipped = []
+    for _, p in list_checkpoints(run_dir):
+        try:
+            load(p)
+            return p, skipped
+        except CheckpointError as e:
+            skipped.append(str(e))
+    return None, skipped
+
+
+def prune(run_dir, keep: int) -> None:
+    for _, p in list_checkpoints(run_dir)[keep:]:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass

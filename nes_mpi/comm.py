@@ -1,0 +1,100 @@
+"""The thin MPI layer: who evaluates which members, gathering in member order,
+the node-shared noise table, and the cross-rank consistency check.
+
+Only plain numpy buffers cross ranks (upper-case mpi4py calls); parameters are
+never sent: every rank computes them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+from . import noise
+
+
+class DivergedError(RuntimeError):
+    pass
+
+
+def member_range(n: int, size: int, rank: int) -> range:
+    """Contiguous, balanced slice of n items for `rank` (the first n % size ranks get one more)."""
+    base, extra = divmod(n, size)
+    lo = rank * base + min(rank, extra)
+    return range(lo, lo + base + (1 if rank < extra else 0))
+
+
+def gather_rows(comm: MPI.Comm, local: np.ndarray, n_total: int) -> np.ndarray:
+    """Allgatherv rows of a float64 (n_local, k) array; slices are contiguous, so rank order is member order."""
+    local = np.ascontiguousarray(local, dtype=np.float64)
+    k = local.shape[1]
+    counts = np.array([len(member_range(n_total, comm.size, r)) * k for r in range(comm.size)])
+    displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = np.empty((n_total, k), dtype=np.float64)
+    comm.Allgatherv(local, [out, counts, displs, MPI.DOUBLE])
+    return out
+
+
+def params_digest(theta: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(theta).tobytes()).digest()
+
+
+def check_identical(comm: MPI.Comm, theta: np.ndarray, generation: int) -> None:
+    """Compare a sha256 of the parameters across ranks; raise naming the ranks that differ from rank 0."""
+    mine = np.frombuffer(params_digest(theta), dtype=np.uint8).copy()
+    everyone = np.empty((comm.size, mine.size), dtype=np.uint8)
+    comm.Allgather(mine, everyone)
+    bad = [r for r in range(comm.size) if not np.array_equal(everyone[r], everyone[0])]
+    if bad:
+        raise DivergedError(f"parameters diverged at generation {generation}: ranks {bad} differ from rank 0")
+
+
+def any_rank(comm: MPI.Comm, flag: bool) -> bool:
+    return bool(comm.allreduce(int(flag), op=MPI.MAX))
+
+
+class SharedNoise:
+    """The noise table in MPI-3 shared memory: one copy per node, filled by all of the node's ranks."""
+
+    def __init__(self, comm: MPI.Comm, size: int, seed: int):
+        self.win = None
+        self.node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+        itemsize = np.dtype(noise.NOISE_DTYPE).itemsize
+        try:
+            nbytes = size * itemsize if self.node.rank == 0 else 0
+            self.win = MPI.Win.Allocate_shared(nbytes, itemsize, comm=self.node)
+            buf, _ = self.win.Shared_query(0)
+            table = np.ndarray(buffer=buf, dtype=noise.NOISE_DTYPE, shape=(size,))
+        except MPI.Exception:  # no shared memory support: fall back to a private copy
+            self.win = None
+            table = np.empty(size, dtype=noise.NOISE_DTYPE)
+            noise.fill_chunks(table, seed, range(noise.n_chunks(size)))
+        else:
+            mine = [j for j in range(noise.n_chunks(size)) if j % self.node.size == self.node.rank]
+            noise.fill_chunks(table, seed, mine)
+            self.node.Barrier()
+        self.table = table
+
+    def free(self):
+        if self.win is not None:
+            self.table = None
+            self.win.Free()
+            self.win = None
+
+
+def slurm_world_mismatch(world_size: int) -> str | None:
+    """A bare `srun` starts N one-rank copies: detect SLURM tasks > 1 with an MPI world of 1."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or ""
+    if world_size == 1 and tasks.isdigit() and int(tasks) > 1:
+        return (f"SLURM started {tasks} tasks but MPI sees a world of 1: srun is not wiring up MPI. "
+                "Use `srun --mpi=pmi2` (MPICH) or `--mpi=pmix` (Open MPI), or launch with mpiexec")
+    return None
+
+
+def abort(comm: MPI.Comm, code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    comm.Abort(code)

@@ -1,0 +1,58 @@
+"""Making environments: registered gymnasium ids or a user's own 'module:Class'."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import gymnasium as gym
+
+from .config import ConfigError
+
+FALLBACK_MAX_STEPS = 1000
+
+
+@dataclass
+class EnvHandle:
+    """The env to step (unwrapped when that is safe: the wrappers cost per step) and its step limit."""
+
+    env: gym.Env
+    max_steps: int
+    outer: gym.Env  # what to close
+
+
+def _from_entry(spec: str, kwargs: dict, render_mode):
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"cannot import environment module {module_name!r}: {e}") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}")
+    if render_mode is not None:
+        kwargs = {**kwargs, "render_mode": render_mode}
+    env = factory(**kwargs)
+    if not isinstance(env, gym.Env):
+        raise ConfigError(f"{spec} did not return a gymnasium.Env (got {type(env).__name__})")
+    return env
+
+
+def make_env(env_id: str, kwargs: dict | None = None, max_episode_steps: int = 0, render_mode=None) -> EnvHandle:
+    kwargs = dict(kwargs or {})
+    if ":" in env_id and env_id not in gym.registry:
+        env = _from_entry(env_id, kwargs, render_mode)
+        limit = max_episode_steps or getattr(getattr(env, "spec", None), "max_episode_steps", None) or FALLBACK_MAX_STEPS
+        return EnvHandle(env, int(limit), env)
+    if env_id not in gym.registry:
+        close = [k for k in gym.registry if k.split("-v")[0].lower() == env_id.split("-v")[0].lower()]
+        hint = f" (did you mean {', '.join(sorted(close)[:3])}?)" if close else ""
+        raise ConfigError(f"unknown environment id {env_id!r}{hint}")
+    try:
+        outer = gym.make(env_id, disable_env_checker=True, render_mode=render_mode, **kwargs)
+    except gym.error.Error as e:
+        raise ConfigError(f"cannot make {env_id!r}: {e}") from None
+    except TypeError as e:
+        raise ConfigError(f"bad --env-kwargs for {env_id!r}: {e}") from None
+    limit = max_episode_steps or outer.spec.max_episode_steps or FALLBACK_MAX_STEPS
+    plain = not outer.spec.additional_wrappers
+    return EnvHandle(outer.unwrapped if plain else outer, int(limit), outer)

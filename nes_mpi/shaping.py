@@ -1,0 +1,38 @@
+"""Fitness shaping: turn raw returns into rank-based utilities.
+
+Centered ranks (Salimans et al. 2017) make the update invariant to any monotone
+transform of the returns, so one outlier episode cannot dominate a generation.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def centered_ranks(fitness: np.ndarray) -> np.ndarray:
+    """Map fitnesses to ranks scaled into [-0.5, 0.5].
+
+    Ties are broken by member index (stable sort) so the result is a pure
+    function of the fitness vector, identical on every rank.
+    """
+    fitness = np.asarray(fitness, dtype=np.float64).ravel()
+    n = fitness.size
+    if n < 2:
+        return np.zeros(n)
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[np.argsort(fitness, kind="stable")] = np.arange(n, dtype=np.float64)
+    return ranks / (n - 1) - 0.5
+
+
+def replace_nonfinite(fitness: np.ndarray) -> tuple[np.ndarray, int]:
+    """Give members with a non-finite fitness the worst finite fitness of the generation.
+
+    Returns the cleaned copy and how many members were replaced. If every
+    member failed, all get 0 so the update is a no-op rather than NaN.
+    """
+    fitness = np.array(fitness, dtype=np.float64)
+    bad = ~np.isfinite(fitness)
+    n_bad = int(bad.sum())
+    if n_bad:
+        worst = fitness[~bad].min() if n_bad < fitness.size else 0.0
+        fitness[bad] = worst
+    return fitness, n_bad

@@ -1,0 +1,89 @@
+"""The NES strategy: ask for perturbed parameters, tell the fitnesses, update.
+
+Pure numpy; knows nothing of MPI or environments. The whole population of a
+generation is a function of (theta, generation, noise table), so every rank can
+build any member's parameters and every rank applies the identical update:
+
+    grad = 1 / (n sigma) * sum_i u_i eps_i  - weight_decay * theta
+
+with u the centered ranks of the fitnesses and, with antithetic sampling,
+members 2k and 2k+1 evaluating theta + sigma eps_k and theta - sigma eps_k.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .noise import NoiseTable
+from .optimizers import Optimizer
+from .shaping import centered_ranks, replace_nonfinite
+
+
+@dataclass
+class UpdateInfo:
+    grad_norm: float
+    n_failed: int
+    update_norm: float
+
+
+class NES:
+    def __init__(self, noise: NoiseTable, dim: int, population: int, sigma: float,
+                 optimizer: Optimizer, antithetic: bool = True, weight_decay: float = 0.0):
+        if population < 2:
+            raise ValueError("population must be at least 2")
+        if antithetic and population % 2:
+            raise ValueError(f"population must be even with antithetic pairs (got {population})")
+        self.noise = noise
+        self.dim = dim
+        self.population = population
+        self.sigma = float(sigma)
+        self.optimizer = optimizer
+        self.antithetic = antithetic
+        self.weight_decay = float(weight_decay)
+
+    @property
+    def n_directions(self) -> int:
+        return self.population // 2 if self.antithetic else self.population
+
+    def directions(self, generation: int) -> np.ndarray:
+        return self.noise.offsets(generation, self.n_directions, self.dim)
+
+    def member_direction(self, member: int) -> tuple[int, float]:
+        """(direction index, sign) of a population member."""
+        if self.antithetic:
+            return member // 2, (1.0 if member % 2 == 0 else -1.0)
+        return member, 1.0
+
+    def ask(self, theta: np.ndarray, generation: int, members) -> np.ndarray:
+        """Parameters of the given members, one row each (float32)."""
+        offsets = self.directions(generation)
+        members = list(members)
+        out = np.empty((len(members), self.dim), dtype=np.float32)
+        for row, m in enumerate(members):
+            k, sign = self.member_direction(m)
+            eps = self.noise.get(int(offsets[k]), self.dim)
+            np.multiply(eps, np.float32(sign * self.sigma), out=out[row])
+            out[row] += theta
+        return out
+
+    def gradient(self, generation: int, fitness: np.ndarray) -> tuple[np.ndarray, int]:
+        """The NES estimate of d E[F] / d theta from the whole population's fitnesses."""
+        fitness, n_failed = replace_nonfinite(fitness)
+        utilities = centered_ranks(fitness)
+        if self.antithetic:
+            weights = utilities[0::2] - utilities[1::2]
+        else:
+            weights = utilities
+        offsets = self.directions(generation)
+        grad = self.noise.weighted_sum(weights, offsets, self.dim)
+        grad /= self.population * self.sigma
+        return grad, n_failed
+
+    def tell(self, theta: np.ndarray, generation: int, fitness: np.ndarray) -> tuple[np.ndarray, UpdateInfo]:
+        grad, n_failed = self.gradient(generation, fitness)
+        if self.weight_decay:
+            grad = grad - self.weight_decay * theta.astype(np.float64)
+        new_theta = self.optimizer.step(theta, grad)
+        info = UpdateInfo(float(np.linalg.norm(grad)), n_failed, float(np.linalg.norm(new_theta - theta)))
+        return new_theta, info

@@ -1,0 +1,271 @@
+"""The training loop: every rank runs this same program on its slice of the population.
+
+Per generation: build my members' parameters from (theta, generation, noise),
+roll them out, Allgatherv (fitness, return, steps, observation sums) in member
+order, then every rank applies the identical NES update and statistics update.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from . import checkpoint as ckpt
+from .checkpoint import CheckpointError, TrainState
+from .comm import SharedNoise, any_rank, check_identical, gather_rows, member_range, params_digest
+from .config import SAFE_ON_RESUME, Config, ConfigError
+from .envs import make_env
+from .noise import NoiseTable
+from .obs_norm import ObsNorm
+from .optimizers import make_optimizer
+from .policy import BatchPolicy, PolicySpec, initial_params, spec_for
+from .rollout import episode_seed, obs_count, rollout
+from .runlog import RunLog, console_line
+from .signals import EXIT_PREEMPTED, StopRequest
+from .strategy import NES
+
+EVAL_STREAM = 1
+
+
+def say(comm, *args, file=None):
+    if comm.rank == 0:
+        print(*args, file=file or sys.stdout, flush=True)
+
+
+@dataclass
+class Setup:
+    cfg: Config
+    state: TrainState | None
+    resumed_from: Path | None
+
+
+def resolve_config(comm, overrides: dict, resume: str | None, force: bool) -> Setup:
+    """Decide fresh vs resume and the effective config. Same answer on every rank."""
+    fresh_cfg = Config.from_dict(overrides)
+    run_dir = Path(overrides.get("run_dir") or fresh_cfg.run_dir)
+    path = None
+    if resume:
+        if resume == "auto":
+            chosen = None
+            if comm.rank == 0:
+                chosen, skipped = ckpt.latest_good(run_dir)
+                for why in skipped:
+                    print(f"nes_mpi: warning: skipping {why}", file=sys.stderr, flush=True)
+                chosen = str(chosen) if chosen else None
+            chosen = comm.bcast(chosen, root=0)
+            path = Path(chosen) if chosen else None
+        else:
+            path = Path(resume)
+    elif ckpt.list_checkpoints(run_dir):
+        raise ConfigError(f"run directory {run_dir} already holds checkpoints: pass --resume auto to continue it, "
+                          "or choose another --run-dir")
+    if path is None:
+        return Setup(fresh_cfg.validate(), None, None)
+    state = ckpt.load(path)
+    stored = Config.from_dict(state.config)
+    cfg = Config.from_dict(overrides, base=stored)
+    changed = [k for k in overrides if k not in SAFE_ON_RESUME and getattr(cfg, k) != getattr(stored, k)]
+    if changed and not force:
+        desc = ", ".join(f"{k} {getattr(stored, k)!r} -> {getattr(cfg, k)!r}" for k in sorted(changed))
+        raise ConfigError(f"cannot change {desc} when resuming {path} (the run would no longer be the same run); "
+                          "pass --force to do it anyway")
+    return Setup(cfg.validate(), state, path)
+
+
+class Trainer:
+    def __init__(self, comm: MPI.Comm, setup: Setup):
+        self.comm = comm
+        self.cfg = cfg = setup.cfg
+        self.state = setup.state
+        self.resumed_from = setup.resumed_from
+        self.run_dir = Path(cfg.run_dir)
+        if comm.size > cfg.population:
+            raise ConfigError(f"more ranks ({comm.size}) than population members ({cfg.population}): "
+                              "use fewer ranks or a larger --population")
+        self.members = member_range(cfg.population, comm.size, comm.rank)
+        self.eval_slots = member_range(cfg.eval_episodes, comm.size, comm.rank)
+        n_envs = max(len(self.members), len(self.eval_slots), 1)
+        first = make_env(cfg.env, cfg.env_kwargs, cfg.max_episode_steps)
+        self.handles = [first] + [make_env(cfg.env, cfg.env_kwargs, cfg.max_episode_steps) for _ in range(n_envs - 1)]
+        self.envs = [h.env for h in self.handles]
+        self.max_steps = first.max_steps
+        self.spec = spec_for(first.outer, cfg.policy, cfg.hidden_sizes, cfg.activation)
+        if self.state is not None and PolicySpec.from_dict(self.state.policy) != self.spec:
+            raise ConfigError(f"the checkpoint's policy {self.state.policy} does not fit environment {cfg.env!r}")
+        self.dim = self.spec.num_params
+        if self.dim > cfg.noise_table_size:
+            raise ConfigError(f"--noise-table-size {cfg.noise_table_size} is smaller than the policy ({self.dim} parameters)")
+
+    def setup_numerics(self):
+        cfg, comm = self.cfg, self.comm
+        self.shared_noise = SharedNoise(comm, cfg.noise_table_size, cfg.seed)
+        self.noise = NoiseTable(self.shared_noise.table, cfg.seed)
+        self.optimizer = make_optimizer(cfg.optimizer, self.dim, cfg.lr, cfg.momentum)
+        self.nes = NES(self.noise, self.dim, cfg.population, cfg.sigma, self.optimizer, cfg.antithetic, cfg.weight_decay)
+        self.obs_norm = ObsNorm(self.spec.obs_dim, cfg.obs_clip, cfg.obs_norm)
+        self.policy = BatchPolicy(self.spec)
+        s = self.state
+        if s is None:
+            self.theta = initial_params(self.spec, cfg.seed)
+            self.generation = self.timesteps = self.episodes = 0
+            self.wall_seconds = 0.0
+            self.eval_return = self.best_eval_return = -math.inf
+            history = None
+        else:
+            self.theta = np.asarray(s.params, dtype=np.float32)
+            self.optimizer.load_state_dict(s.optimizer)
+            self.obs_norm.load_state_dict(s.obs_norm)
+            self.generation, self.timesteps, self.episodes = s.generation, s.timesteps, s.episodes
+            self.wall_seconds = s.wall_seconds
+            self.eval_return, self.best_eval_return = s.eval_return, s.best_eval_return
+            history = s.history
+        self.log = RunLog(self.run_dir, history, active=comm.rank == 0)
+        if comm.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
+
+    # ---- one generation ------------------------------------------------------------------
+    def evaluate(self, generation: int) -> tuple[float, float, int]:
+        """Mean and std return of the mean policy over eval_episodes, spread over ranks."""
+        cfg = self.cfg
+        slots = list(self.eval_slots)
+        mine = np.zeros((len(slots), 2))
+        if slots:
+            seeds = [[episode_seed(cfg.seed, generation, j, 0, EVAL_STREAM)] for j in slots]
+            mean, std = self.obs_norm.mean_std()
+            params = np.repeat(self.theta[None, :], len(slots), axis=0)
+            res = rollout(self.envs[: len(slots)], self.max_steps, self.policy, params, seeds, mean, std,
+                          cfg.obs_clip, collect_obs=False)
+            mine[:, 0] = res.returns
+            mine[:, 1] = res.steps
+        every = gather_rows(self.comm, mine, cfg.eval_episodes)
+        return float(np.mean(every[:, 0])), float(np.std(every[:, 0])), int(every[:, 1].sum())
+
+    def step(self) -> dict:
+        cfg, g = self.cfg, self.generation
+        members = list(self.members)
+        params = self.nes.ask(self.theta, g, members)
+        seeds = [[episode_seed(cfg.seed, g, m, e) for e in range(cfg.episodes_per_member)] for m in members]
+        mean, std = self.obs_norm.mean_std()
+        res = rollout(self.envs[: len(members)], self.max_steps, self.policy, params, seeds, mean, std,
+                      cfg.obs_clip, cfg.survival_bonus, collect_obs=cfg.obs_norm)
+        for slot, msg in res.errors:
+            print(f"nes_mpi: rank {self.comm.rank}: generation {g} member {members[slot]}: {msg}", file=sys.stderr, flush=True)
+        od = self.spec.obs_dim
+        local = np.empty((len(members), 5 + 2 * od))
+        local[:, 0] = res.fitness
+        local[:, 1] = res.returns
+        local[:, 2] = res.steps
+        local[:, 3] = res.failed
+        local[:, 4] = obs_count(res)
+        local[:, 5 : 5 + od] = res.obs_sum
+        local[:, 5 + od :] = res.obs_sumsq
+        full = gather_rows(self.comm, local, cfg.population)
+        fitness, returns, steps = full[:, 0], full[:, 1], full[:, 2]
+        if cfg.obs_norm:
+            self.obs_norm.update(int(full[:, 4].sum()), full[:, 5 : 5 + od].sum(axis=0), full[:, 5 + od :].sum(axis=0))
+        self.theta, info = self.nes.tell(self.theta, g, fitness)
+        self.generation = g + 1
+        gen_steps = int(steps.sum())
+        self.timesteps += gen_steps
+        self.episodes += cfg.population * cfg.episodes_per_member
+        ok = returns[np.isfinite(returns)]
+        return {
+            "generation": self.generation, "timesteps": self.timesteps, "episodes": self.episodes,
+            "return_mean": float(ok.mean()) if ok.size else math.nan,
+            "return_max": float(ok.max()) if ok.size else math.nan,
+            "return_min": float(ok.min()) if ok.size else math.nan,
+            "failed_members": info.n_failed, "grad_norm": info.grad_norm, "update_norm": info.update_norm,
+            "param_norm": float(np.linalg.norm(self.theta)), "_steps": gen_steps,
+        }
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def train_state(self) -> TrainState:
+        return TrainState(
+            params=self.theta, optimizer=self.optimizer.state_dict(), obs_norm=self.obs_norm.state_dict(),
+            generation=self.generation, timesteps=self.timesteps, episodes=self.episodes,
+            wall_seconds=self.wall_seconds, eval_return=self.eval_return, best_eval_return=self.best_eval_return,
+            config=self.cfg.to_dict(), policy=self.spec.to_dict(), history=self.log.history(), n_ranks=self.comm.size,
+        )
+
+    def save_checkpoint(self, best: bool = False) -> Path | None:
+        if self.comm.rank != 0:
+            return None
+        state = self.train_state()
+        path = ckpt.save(state, ckpt.checkpoint_path(self.run_dir, self.generation))
+        ckpt.prune(self.run_dir, self.cfg.keep_checkpoints)
+        return path
+
+    def save_best(self) -> None:
+        if self.comm.rank == 0:
+            ckpt.save(self.train_state(), ckpt.checkpoint_dir(self.run_dir) / "best.h5")
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self, stop: StopRequest) -> int:
+        cfg, comm = self.cfg, self.comm
+        say(comm, f"nes_mpi: {'resuming ' + str(self.resumed_from) + ' at generation ' + str(self.generation) if self.resumed_from else 'new run'}"
+                  f" | env {cfg.env} | {comm.size} rank(s) | {self.dim} parameters | run dir {self.run_dir}")
+        say(comm, "nes_mpi: config " + cfg.to_json())
+        start = time.perf_counter()
+        if self.generation == 0 and not self.log.rows["generation"] and cfg.eval_every:
+            t0 = time.perf_counter()
+            ev, ev_std, ev_steps = self.evaluate(0)
+            self.eval_return = ev
+            dt = time.perf_counter() - t0
+            row = {"generation": 0, "timesteps": 0, "episodes": 0, "eval_return": ev, "eval_return_std": ev_std,
+                   "failed_members": 0, "param_norm": float(np.linalg.norm(self.theta)), "gen_seconds": dt,
+                   "steps_per_s": ev_steps / dt, "wall_seconds": self.wall_seconds + dt}
+            self.log.append(row)
+            say(comm, console_line(row))
+        last_saved = self.generation if self.resumed_from else -1
+        while self.generation < cfg.generations:
+            t0 = time.perf_counter()
+            row = self.step()
+            g = self.generation
+            steps = row.pop("_steps")
+            if cfg.eval_every and (g % cfg.eval_every == 0 or g == cfg.generations):
+                ev, ev_std, ev_steps = self.evaluate(g)
+                steps += ev_steps
+                row["eval_return"], row["eval_return_std"] = ev, ev_std
+                self.eval_return = ev
+            if g % cfg.check_every == 0 or g == cfg.generations:
+                check_identical(comm, self.theta, g)
+            stopping = any_rank(comm, stop.requested)
+            dt = time.perf_counter() - t0
+            row.update(gen_seconds=dt, steps_per_s=steps / dt, wall_seconds=self.wall_seconds + dt)
+            self.wall_seconds += dt
+            self.log.append(row)
+            if g % cfg.log_every == 0 or g == cfg.generations or stopping:
+                say(comm, console_line(row))
+            improved = not math.isnan(row.get("eval_return", math.nan)) and row["eval_return"] > self.best_eval_return
+            if improved:
+                self.best_eval_return = row["eval_return"]
+                self.save_best()
+            if g % cfg.checkpoint_every == 0 or g == cfg.generations or stopping:
+                path = self.save_checkpoint()
+                last_saved = g
+                if path is not None and stopping:
+                    say(comm, f"nes_mpi: stop requested ({stop.signal_name or 'signal on another rank'}): "
+                              f"checkpoint {path} written at generation {g}; exiting with code {EXIT_PREEMPTED}")
+            if stopping:
+                return EXIT_PREEMPTED
+        if last_saved != self.generation:
+            self.save_checkpoint()
+        say(comm, f"nes_mpi: done: {self.generation} generations, {self.timesteps:,} timesteps, "
+                  f"eval return {self.eval_return:.1f} (best {self.best_eval_return:.1f}), "
+                  f"{time.perf_counter() - start:.1f} s this session; checkpoints in {ckpt.checkpoint_dir(self.run_dir)}")
+        return 0
+
+    def close(self):
+        for h in self.handles:
+            try:
+                h.outer.close()
+            except Exception:
+                pass
+        if hasattr(self, "shared_noise"):
+            self.shared_noise.free()
