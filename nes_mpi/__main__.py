@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from .cli_train import run_train
         return run_train(args)
+    import signal
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `info ... | head` should not print a traceback
     try:
         if args.command == "info":
             from .info import run_info

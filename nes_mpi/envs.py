@@ -1,7 +1,11 @@
 """Making environments: registered gymnasium ids or a user's own 'module:Class'."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
+import tempfile
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -9,6 +13,33 @@ import gymnasium as gym
 from .config import ConfigError
 
 FALLBACK_MAX_STEPS = 1000
+# MuJoCo 4 prints this for gymnasium's v5 XML files on every model load, from C.
+_KNOWN_NOISE = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+@contextlib.contextmanager
+def _filtered_c_stderr():
+    """Drop MuJoCo's known load-time deprecation lines (written by C to fd 2); pass the rest on."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            kept = [line for line in text.splitlines() if line.strip() and not any(k in line for k in _KNOWN_NOISE)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -48,7 +79,8 @@ def make_env(env_id: str, kwargs: dict | None = None, max_episode_steps: int = 0
         hint = f" (did you mean {', '.join(sorted(close)[:3])}?)" if close else ""
         raise ConfigError(f"unknown environment id {env_id!r}{hint}")
     try:
-        outer = gym.make(env_id, disable_env_checker=True, render_mode=render_mode, **kwargs)
+        with _filtered_c_stderr():
+            outer = gym.make(env_id, disable_env_checker=True, render_mode=render_mode, **kwargs)
     except gym.error.Error as e:
         raise ConfigError(f"cannot make {env_id!r}: {e}") from None
     except TypeError as e:
