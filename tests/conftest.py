@@ -1,0 +1,50 @@
+"""Shared helpers: launch the real package under real MPI (mpiexec from the venv's MPI)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS / "helpers"), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop("SLURM_STEP_NUM_TASKS", None)
+    return env
+
+
+def nes(*args, ranks: int | None = 1, timeout: float = 300, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m nes_mpi ARGS` under `mpiexec -n ranks` (ranks=None: no mpiexec)."""
+    cmd = [sys.executable, "-m", "nes_mpi", *map(str, args)]
+    if ranks is not None:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def info(ckpt) -> dict:
+    proc = nes("info", ckpt, "--json", ranks=None, check=True)
+    return json.loads(proc.stdout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("nes_mpi: error")]
+
+
+@pytest.fixture(scope="session")
+def mpiexec():
+    if MPIEXEC is None:
+        pytest.fail("mpiexec not found: install the package with `make install`")
+    return MPIEXEC

@@ -1,0 +1,54 @@
+"""Small user-defined environments for tests: a well-behaved one and deliberately broken ones."""
+from __future__ import annotations
+
+import os
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class PointEnv(gym.Env):
+    """Drive a point to the origin: reward -|x|^2, 3-D continuous actions. Cheap and learnable."""
+
+    def __init__(self, fault: str = "", fault_rate: float = 0.0):
+        self.observation_space = spaces.Box(-np.inf, np.inf, (3,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+        self.fault = fault
+        self.fault_rate = fault_rate
+        self.x = np.zeros(3, np.float32)
+        self.t = 0
+        self.faulty_episode = False
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        self.t = 0
+        self.faulty_episode = self.fault and self.np_random.random() < self.fault_rate
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.t += 1
+        self.x = np.clip(self.x + 0.1 * np.asarray(action, np.float32), -10, 10).astype(np.float32)
+        reward = -float(np.sum(self.x**2))
+        obs = self.x.copy()
+        if self.faulty_episode and self.t == 5:
+            if self.fault == "nan_obs":
+                obs[0] = np.nan
+            elif self.fault == "nan_reward":
+                reward = float("nan")
+            elif self.fault == "raise":
+                raise RuntimeError("simulator exploded")
+        return obs, reward, False, self.t >= 50, {}
+
+
+class WrongShapeOnRank1(PointEnv):
+    """Returns a malformed observation on MPI rank 1 at its 20th step: a bug outside any member's control."""
+
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        rank = int(os.environ.get("PMI_RANK", "0"))
+        self.count = getattr(self, "count", 0) + 1
+        if rank == 1 and self.count >= 20:
+            obs = np.zeros(7, np.float32)
+        return obs, r, term, trunc, info

@@ -1,0 +1,133 @@
+"""The real package under real MPI: identical parameters, learning, bad input, faults."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from conftest import error_lines, info, nes
+
+pytestmark = pytest.mark.mpi
+
+SMALL = ["--eval-every", "0", "--noise-table-size", str(1 << 20)]
+
+
+def read_log(run_dir):
+    with open(run_dir / "log.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_cartpole_reaches_475(tmp_path, mpiexec, ranks):
+    run = tmp_path / "cp"
+    proc = nes("--env", "CartPole-v1", "--generations", "40", "--population", "32", "--eval-every", "5",
+               "--eval-episodes", "6", "--run-dir", run, "--check-every", "1", ranks=ranks, check=True)
+    rows = read_log(run)
+    evals = [float(r["eval_return"]) for r in rows if r["eval_return"]]
+    assert max(evals) >= 475, evals
+    assert f"{ranks} rank(s)" in proc.stdout
+    assert int(rows[-1]["generation"]) == 40 and int(rows[-1]["timesteps"]) > 0
+
+
+def test_parameters_identical_on_all_ranks_and_across_rank_counts(tmp_path, mpiexec):
+    """Hopper (early terminations, uneven slices): same bits with 1, 2 and 3 ranks, checked every generation."""
+    shas = {}
+    for n in (1, 2, 3):
+        run = tmp_path / f"r{n}"
+        nes("--env", "Hopper-v5", "--generations", "4", "--population", "10", "--max-episode-steps", "150",
+            "--check-every", "1", "--run-dir", run, "--eval-every", "2", "--eval-episodes", "3",
+            ranks=n, check=True)
+        shas[n] = info(run / "checkpoints" / "ckpt_000004.h5")
+    assert shas[1]["params_sha256"] == shas[2]["params_sha256"] == shas[3]["params_sha256"]
+    assert shas[1]["timesteps"] == shas[2]["timesteps"] == shas[3]["timesteps"]
+    assert shas[1]["eval_return"] == shas[3]["eval_return"]
+    logs = [read_log(tmp_path / f"r{n}") for n in (1, 2, 3)]
+    for col in ("return_mean", "return_max", "grad_norm", "eval_return"):
+        assert [r[col] for r in logs[0]] == [r[col] for r in logs[1]] == [r[col] for r in logs[2]]
+
+
+def test_mujoco_task_improves(tmp_path, mpiexec):
+    run = tmp_path / "hc"
+    nes("--env", "HalfCheetah-v5", "--generations", "12", "--population", "32", "--max-episode-steps", "500",
+        "--eval-every", "12", "--eval-episodes", "2", "--run-dir", run, ranks=2, check=True, timeout=600)
+    rows = read_log(run)
+    first, last = float(rows[0]["eval_return"]), float(rows[-1]["eval_return"])
+    assert int(rows[0]["generation"]) == 0
+    assert last > first + 200, (first, last)
+
+
+def test_user_environment_by_module_path(tmp_path, mpiexec):
+    run = tmp_path / "pt"
+    nes("--env", "faulty_envs:PointEnv", "--generations", "30", "--population", "20", "--run-dir", run,
+        "--eval-every", "30", "--eval-episodes", "4", "--sigma", "0.1", "--lr", "0.05", *SMALL[2:], ranks=2, check=True)
+    rows = read_log(run)
+    assert float(rows[-1]["eval_return"]) > float(rows[0]["eval_return"])
+
+
+@pytest.mark.parametrize("fault", ["nan_obs", "nan_reward", "raise"])
+def test_faulty_members_get_the_worst_fitness_and_are_counted(tmp_path, mpiexec, fault):
+    run = tmp_path / fault
+    proc = nes("--env", "faulty_envs:PointEnv", "--env-kwargs", f'{{"fault": "{fault}", "fault_rate": 0.3}}',
+               "--generations", "5", "--population", "20", "--run-dir", run, *SMALL, ranks=2, check=True)
+    rows = read_log(run)
+    failed = sum(int(r["failed_members"]) for r in rows)
+    assert failed > 0
+    assert all(math.isfinite(float(r["param_norm"])) for r in rows)
+    d = info(run / "checkpoints" / "ckpt_000005.h5")
+    assert d["generation"] == 5
+    assert "member" in proc.stderr  # each failure is reported with its member index
+
+
+def test_a_crash_on_one_rank_ends_the_whole_job(tmp_path, mpiexec):
+    proc = nes("--env", "faulty_envs:WrongShapeOnRank1", "--generations", "20", "--population", "8",
+               "--run-dir", tmp_path / "crash", *SMALL, ranks=2, timeout=120)
+    assert proc.returncode != 0
+    assert "rank 1" in proc.stderr and "fatal" in proc.stderr
+
+
+BAD_INPUT = [
+    (["--env", "NoSuchEnv-v0"], "unknown environment id"),
+    (["--env", "Hopper"], "did you mean"),
+    (["--sigma", "abc"], "bad value for sigma"),
+    (["--optimizer", "rmsprop"], "invalid choice"),
+    (["--population", "1", "--no-antithetic"], "at least 2"),
+    (["--population", "7"], "even with antithetic"),
+    (["--population", "2"], "more ranks"),
+    (["--config", "/nonexistent/run.toml"], "config file not found"),
+    (["--generations", "-3"], "--generations"),
+    (["--no-such-option"], "unrecognized arguments"),
+    (["--env", "faulty_envs:NoSuchClass"], "has no attribute"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUT, ids=[m for _, m in BAD_INPUT])
+def test_bad_input_is_one_line_from_rank_0_and_exit_2(tmp_path, mpiexec, args, message):
+    run = tmp_path / "bad"
+    proc = nes("--env", "CartPole-v1", "--run-dir", run, *args, ranks=3, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (run / "checkpoints").exists()
+
+
+def test_refuses_a_bare_srun_with_one_rank_per_task(tmp_path):
+    env_extra = {"SLURM_STEP_NUM_TASKS": "4"}
+    import os
+    import subprocess
+    import sys
+
+    from conftest import child_env
+    env = {**child_env(), **env_extra}
+    proc = subprocess.run([sys.executable, "-m", "nes_mpi", "--env", "CartPole-v1", "--run-dir", str(tmp_path / "x")],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and "--mpi=pmi2" in proc.stderr
+
+
+def test_help_lists_every_option():
+    proc = nes("--help", ranks=None, check=True)
+    for opt in ("--env", "--generations", "--population", "--sigma", "--lr", "--optimizer", "--weight-decay",
+                "--seed", "--policy", "--hidden-sizes", "--activation", "--episodes-per-member",
+                "--max-episode-steps", "--run-dir", "--eval-every", "--log-every", "--resume", "--config"):
+        assert opt in proc.stdout
