@@ -228,7 +228,7 @@ class Trainer:
             row = self.step()
             g = self.generation
             steps = row.pop("_steps")
-            if cfg.eval_every and (g % cfg.eval_every == 0 or g == cfg.generations):
+            if cfg.eval_every and g % cfg.eval_every == 0:
                 ev, ev_std, ev_steps = self.evaluate(g)
                 steps += ev_steps
                 row["eval_return"], row["eval_return_std"] = ev, ev_std
