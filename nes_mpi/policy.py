@@ -154,13 +154,14 @@ class BatchPolicy:
             self.low = np.asarray(spec.action_low, dtype=np.float32)
             self.high = np.asarray(spec.action_high, dtype=np.float32)
             self.half_range = (self.high - self.low) * np.float32(0.5)
-        self.weights: list[tuple[np.ndarray, np.ndarray]] = []
+        self.all_weights: list[tuple[np.ndarray, np.ndarray]] = []
+        self.weights = self.all_weights
 
     def load(self, params: np.ndarray) -> None:
-        """Take a (B, num_params) float32 matrix; store per-layer (B, out, in) and (B, out) views."""
+        """Take a (B, num_params) float32 matrix; keep per-layer (B, out, in) and (B, out) arrays."""
         params = np.ascontiguousarray(params, dtype=np.float32)
         b = params.shape[0]
-        self.weights = []
+        self.all_weights = []
         pos = 0
         for i in range(len(self.sizes) - 1):
             n_in, n_out = self.sizes[i], self.sizes[i + 1]
@@ -168,15 +169,23 @@ class BatchPolicy:
             pos += n_in * n_out
             bias = params[:, pos : pos + n_out]
             pos += n_out
-            self.weights.append((np.ascontiguousarray(w), np.ascontiguousarray(bias)))
+            self.all_weights.append((np.ascontiguousarray(w), np.ascontiguousarray(bias)))
+        self.weights = self.all_weights
+
+    def select(self, rows=None) -> None:
+        """Work on a subset of the loaded members from now on (None: all). Copies once, not per step."""
+        if rows is None:
+            self.weights = self.all_weights
+        else:
+            self.weights = [(w[rows], b[rows]) for w, b in self.all_weights]
 
     def __call__(self, x: np.ndarray, rows=None) -> np.ndarray:
-        """x: (n, obs_dim) float32 for the members `rows` (default: all B)."""
+        """x: (n, obs_dim) float32 for the selected members (or for `rows` of the loaded ones)."""
+        if rows is not None:
+            self.select(rows)
         last = len(self.weights) - 1
         h = x
         for i, (w, b) in enumerate(self.weights):
-            if rows is not None:
-                w, b = w[rows], b[rows]
             h = np.matmul(w, h[:, :, None])[:, :, 0]
             h += b
             if i < last:

@@ -3,6 +3,8 @@
 Each slot runs its member's episodes back to back; a slot whose member is done
 drops out of the batch. Everything a slot computes (return, steps, observation
 sums) depends only on its own parameters and episode seeds, never on the batch.
+This loop runs millions of times: per-slot state lives in Python lists, bound
+methods are looked up once, and per-step numpy work is done once for the batch.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ class RolloutResult:
     obs_sum: np.ndarray     # (B, obs_dim) float64 sum of raw observations fed to the policy
     obs_sumsq: np.ndarray   # (B, obs_dim) float64 sum of squares
     failed: np.ndarray      # (B,) bool: non-finite obs/reward/action or an exception in the simulator
-    errors: list            # (member slot, message) of failures
+    errors: list            # (slot, message) of failures
 
 
 def episode_seed(seed: int, generation: int, member: int, episode: int, stream: int = 0) -> int:
@@ -37,24 +39,30 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
     """Run len(seeds) members (row b of `params`, episodes seeded by seeds[b]) in lockstep."""
     n = len(seeds)
     policy.load(params)
+    discrete = policy.spec.discrete
     obs_dim = obs_mean.shape[0]
     inv_std = (1.0 / obs_std).astype(np.float32)
     lo, hi = np.float32(-obs_clip), np.float32(obs_clip)
+    step_fn = [e.step for e in envs[:n]]
+    zero = np.zeros(obs_dim, dtype=np.float32)
 
-    obs = np.zeros((n, obs_dim), dtype=np.float32)
-    ep_return = np.zeros(n)
-    total_return = np.zeros(n)
-    ep_steps = np.zeros(n, dtype=np.int64)
-    steps = np.zeros(n, dtype=np.int64)
-    episode = np.zeros(n, dtype=np.int64)
+    # Per-slot state in plain lists; `cur` holds each slot's latest observation (zeros once it is done,
+    # so the batch sums below add nothing for it and need no fancy indexing).
+    cur = [zero] * n
+    ep_return = [0.0] * n
+    total_return = [0.0] * n
+    ep_steps = [0] * n
+    steps = [0] * n
+    episode = [0] * n
+    n_episodes = [len(s) for s in seeds]
     obs_sum = np.zeros((n, obs_dim))
     obs_sumsq = np.zeros((n, obs_dim))
-    failed = np.zeros(n, dtype=bool)
+    failed = [False] * n
     errors: list = []
-    active = list(range(n))
 
     def fail(b, msg):
         failed[b] = True
+        cur[b] = zero
         errors.append((b, msg))
 
     def reset(b):
@@ -63,70 +71,80 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
         except Exception as e:  # a broken simulator fails the member, not the job
             fail(b, f"reset raised {type(e).__name__}: {e}")
             return False
-        obs[b] = o
+        cur[b] = o
         ep_return[b] = 0.0
         ep_steps[b] = 0
         return True
 
     active = [b for b in range(n) if reset(b)]
+    selected = None  # the rows the policy's working weights were last cut to (None: all)
     while active:
-        all_rows = len(active) == n
-        raw = obs if all_rows else obs[active]
-        if not np.isfinite(raw).all():
-            for j, b in enumerate(active):
-                if not np.isfinite(raw[j]).all():
-                    fail(b, "non-finite observation")
-            active = [b for b in active if not failed[b]]
-            continue
+        x_all = np.array(cur, dtype=np.float32)
         if collect_obs:
-            if all_rows:
-                obs_sum += raw
-                obs_sumsq += np.square(raw, dtype=np.float64)
-            else:
-                obs_sum[active] += raw
-                obs_sumsq[active] += np.square(raw, dtype=np.float64)
-        x = (raw - obs_mean) * inv_std
+            obs_sum += x_all
+            obs_sumsq += np.square(x_all, dtype=np.float64)
+        # Small batches: forward only the active rows; otherwise the whole batch (no gather, no copy).
+        compact = 2 * len(active) <= n
+        rows = active if compact else None
+        if rows != selected:
+            policy.select(rows)
+            selected = list(rows) if compact else None
+        x = x_all[active] if compact else x_all
+        x -= obs_mean
+        x *= inv_std
         np.clip(x, lo, hi, out=x)
-        actions = policy(x, None if all_rows else active)
-        bad_action = None
-        if not np.isfinite(actions).all():  # NaN parameters give NaN actions: never step with them
-            bad_action = ~np.isfinite(actions.reshape(len(active), -1)).all(axis=1)
+        actions = policy(x)
+        if not np.isfinite(actions).all():  # NaN parameters or observations: never step with NaN actions
+            finite = np.isfinite(actions).reshape(len(actions), -1).all(axis=1)
+            for j, b in enumerate(active):
+                if not finite[b if not compact else j]:
+                    fail(b, "non-finite action")
+            active = [b for b in active if not failed[b]]
+        # python ints for Discrete (gymnasium's check is fastest on them), row views for Box
+        actions = actions.tolist() if discrete else list(actions)
+        if not compact:
+            actions = [actions[b] for b in active]
         still = []
-        for j, b in enumerate(active):
-            if bad_action is not None and bad_action[j]:
-                fail(b, "non-finite action")
-                continue
-            a = actions[j]
+        for b, a in zip(active, actions):
             try:
-                o, r, terminated, truncated, _ = envs[b].step(a)
+                o, r, terminated, truncated, _ = step_fn[b](a)
             except Exception as e:
                 fail(b, f"step raised {type(e).__name__}: {e}")
                 continue
             if not math.isfinite(r):
                 fail(b, "non-finite reward")
                 continue
-            obs[b] = o
+            cur[b] = o
             ep_return[b] += r
             k = ep_steps[b] = ep_steps[b] + 1
             if terminated or truncated or k >= max_steps:
                 steps[b] += k
                 total_return[b] += ep_return[b]
                 episode[b] += 1
-                if episode[b] < len(seeds[b]) and reset(b):
+                if episode[b] < n_episodes[b] and reset(b):
                     still.append(b)
+                else:
+                    cur[b] = zero
             else:
                 still.append(b)
         active = still
 
-    n_eps = np.array([len(s) for s in seeds], dtype=np.float64)
-    steps = steps + np.where(failed, ep_steps, 0)
-    returns = total_return / n_eps
-    fitness = (total_return - survival_bonus * steps) / n_eps
-    fitness[failed] = np.nan
-    returns[failed] = np.nan
-    obs_sum[failed] = 0.0
-    obs_sumsq[failed] = 0.0
-    return RolloutResult(returns, fitness, steps, obs_sum, obs_sumsq, failed, errors)
+    if collect_obs:  # a non-finite observation poisons only its own member's sums: fail that member
+        for b in np.flatnonzero(~np.isfinite(obs_sum).all(axis=1) | ~np.isfinite(obs_sumsq).all(axis=1)):
+            if not failed[b]:
+                failed[b] = True
+                errors.append((int(b), "non-finite observation"))
+    failed_arr = np.array(failed, dtype=bool)
+    n_eps = np.array(n_episodes, dtype=np.float64)
+    steps_arr = np.array(steps, dtype=np.int64) + np.where(failed_arr, np.array(ep_steps, dtype=np.int64), 0)
+    total = np.array(total_return)
+    returns = total / n_eps
+    fitness = (total - survival_bonus * steps_arr) / n_eps
+    fitness[failed_arr] = np.nan
+    returns[failed_arr] = np.nan
+    obs_sum[failed_arr] = 0.0
+    obs_sumsq[failed_arr] = 0.0
+    return RolloutResult(returns, fitness, steps_arr, obs_sum, obs_sumsq, failed_arr, errors)
 
 
 def obs_count(result: RolloutResult) -> np.ndarray:

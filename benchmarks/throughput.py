@@ -1,0 +1,130 @@
+"""Target 1: trainer throughput on one rank / raw simulator throughput, measured in the same run.
+
+For each task the real trainer (1 MPI rank, default 64-64 MLP, population 40) runs
+a few generations, counting every second of each generation (noise, rollouts,
+normalisation, gather, update, consistency check, logging, checkpoints). Two raw
+baselines are measured in the same process:
+  * sim-share: time spent inside the environment's own step() during those very
+    generations, via a thin timing wrapper (same actions, same states): this is the
+    like-for-like "simulator speed" and the ratio is sim time / generation time;
+  * random: gymnasium's env.step with precomputed random actions on one env (how the
+    issue measured raw speed). The simulator's cost depends on the actions, so this
+    ratio can differ from the like-for-like one in either direction.
+Usage: python benchmarks/throughput.py [--envs HalfCheetah-v5 ...] [--generations N] [--repeats R]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+from nes_mpi.signals import StopRequest  # noqa: E402
+from nes_mpi.trainer import Trainer, resolve_config  # noqa: E402
+
+TARGETS = {"HalfCheetah-v5": 0.95, "Hopper-v5": 0.95, "Ant-v5": 0.95, "CartPole-v1": 0.7}
+GENERATIONS = {"HalfCheetah-v5": 6, "Hopper-v5": 10, "Ant-v5": 4, "CartPole-v1": 30}
+
+
+class TimedStep:
+    """Forwards step/reset to an env and adds up the seconds spent inside its step()."""
+
+    def __init__(self, env):
+        self.env = env
+        self.seconds = 0.0
+        self.steps = 0
+
+    def step(self, action):
+        t = time.perf_counter()
+        out = self.env.step(action)
+        self.seconds += time.perf_counter() - t
+        self.steps += 1
+        return out
+
+    def reset(self, **kw):
+        return self.env.reset(**kw)
+
+
+def raw_random(env_id: str, seconds: float = 3.0) -> float:
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    actions = [env.action_space.sample() for _ in range(2000)]
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for a in actions:
+            _, _, term, trunc, _ = env.step(a)
+            if term or trunc:
+                env.reset()
+        n += len(actions)
+    return n / (time.perf_counter() - t0)
+
+
+def trainer_run(env_id: str, generations: int, population: int, timed: bool) -> dict:
+    comm = MPI.COMM_WORLD
+    with tempfile.TemporaryDirectory() as d:
+        over = {"env": env_id, "generations": generations, "population": population, "run_dir": str(Path(d) / "run"),
+                "eval_every": 0, "log_every": 10**6, "checkpoint_every": 10}
+        setup = resolve_config(comm, over, None, False)
+        tr = Trainer(comm, setup)
+        tr.setup_numerics()
+        wrappers = []
+        if timed:
+            wrappers = [TimedStep(e) for e in tr.envs]
+            tr.envs = wrappers
+        t0 = time.perf_counter()
+        tr.run(StopRequest())
+        total = time.perf_counter() - t0
+        hist = tr.log.history()
+        tr.close()
+    out = {"seconds": total, "timesteps": int(hist["timesteps"][-1]), "steps_per_s": int(hist["timesteps"][-1]) / total}
+    if timed:
+        out["sim_seconds"] = sum(w.seconds for w in wrappers)
+        out["sim_share"] = out["sim_seconds"] / total
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--envs", nargs="+", default=list(TARGETS))
+    ap.add_argument("--population", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the per-task generation counts")
+    args = ap.parse_args()
+    results = {}
+    for env_id in args.envs:
+        gens = max(2, int(GENERATIONS.get(env_id, 5) * args.scale))
+        reps = []
+        for r in range(args.repeats):  # interleave: plain trainer, timed trainer, raw, so noise hits all alike
+            plain = trainer_run(env_id, gens, args.population, timed=False)
+            timed = trainer_run(env_id, gens, args.population, timed=True)
+            raw = raw_random(env_id)
+            reps.append({"trainer_steps_per_s": plain["steps_per_s"], "sim_share": timed["sim_share"],
+                         "raw_random_steps_per_s": raw, "ratio_vs_random": plain["steps_per_s"] / raw,
+                         "timed_overhead": plain["seconds"] / timed["seconds"]})
+            print(f"{env_id:16s} rep {r}: trainer {plain['steps_per_s']:9,.0f} steps/s | in-simulator share "
+                  f"{timed['sim_share']:.3f} | raw random-action {raw:9,.0f} steps/s -> {plain['steps_per_s'] / raw:.3f}",
+                  flush=True)
+        med = {k: statistics.median(x[k] for x in reps) for k in reps[0]}
+        target = TARGETS.get(env_id)
+        results[env_id] = {"generations": gens, "population": args.population, "repeats": reps, "median": med,
+                           "target": target, "met_like_for_like": bool(target and med["sim_share"] >= target),
+                           "met_vs_random_actions": bool(target and med["ratio_vs_random"] >= target)}
+    print("\nenv               trainer steps/s  sim share (like-for-like)  vs random-action raw  target")
+    for env_id, r in results.items():
+        m = r["median"]
+        print(f"{env_id:16s}  {m['trainer_steps_per_s']:14,.0f}  {m['sim_share']:25.3f}  {m['ratio_vs_random']:19.3f}  "
+              f">= {r['target']}")
+    write_result("throughput", {"command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]), "results": results})
+
+
+if __name__ == "__main__":
+    main()
