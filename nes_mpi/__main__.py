@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="other subcommands: info CKPT [--json] | eval CKPT [--episodes N] [--render out.mp4] | "
                "plot RUN_DIR [...] -o curves.png. Exit codes: 0 done, 2 bad input, 75 stopped by a signal "
                "after writing a checkpoint (submit again with --resume auto), 1 error.")
-    train.add_argument("--config", metavar="TOML", help="read options from a TOML file (command line wins)")
+    train.add_argument("--config", metavar="TOML", help="read options from a TOML file, or a preset name from nes_mpi/presets (command line wins)")
     train.add_argument("--resume", metavar="auto|PATH",
                        help="continue from a checkpoint file, or 'auto': the newest good one in --run-dir, "
                             "starting fresh when there is none")

@@ -179,10 +179,20 @@ def _coerce(f: dataclasses.Field, v):
         raise ConfigError(f"bad value for {name}: {v!r}") from None
 
 
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.toml"))
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file, or a shipped preset by name (`hopper` -> nes_mpi/presets/hopper.toml)."""
     p = Path(path)
+    if not p.is_file() and p.suffix == "" and (PRESETS / f"{p.name}.toml").is_file():
+        p = PRESETS / f"{p.name}.toml"
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"config file not found: {p} (presets: {', '.join(preset_names())})")
     try:
         with open(p, "rb") as fh:
             data = tomllib.load(fh)

@@ -200,3 +200,12 @@ def test_config_precedence_and_validation(tmp_path):
         Config.from_dict({"sigma": "big"})
     with pytest.raises(ConfigError, match="not found"):
         load_toml(tmp_path / "missing.toml")
+
+
+def test_every_shipped_preset_is_a_valid_config():
+    from nes_mpi.config import preset_names
+    names = preset_names()
+    assert {"cartpole", "halfcheetah", "hopper", "inverted_pendulum"} <= set(names)
+    for name in names:
+        cfg = Config.from_dict(load_toml(name)).validate()
+        assert cfg.env.endswith(("-v1", "-v5"))

@@ -1,0 +1,96 @@
+"""Learning targets (issue table): train a preset with a fixed seed and record what it reached.
+
+    python benchmarks/learning.py hopper --ranks 2 [--seed 0] [--set generations=300 ...]
+
+Runs `mpiexec -n R python -m nes_mpi --config PRESET` into benchmarks/results/runs/<name>,
+then writes benchmarks/results/learning_<name>.json (timesteps and wall time at which each
+target was first reached by the evaluation return, the best evaluation return, cores) and
+the learning curve benchmarks/results/learning_<name>.png. An existing run directory is
+resumed (--resume auto), so an interrupted benchmark continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, write_result  # noqa: E402
+
+# (task, target return, within timesteps, reference)
+TARGETS = {
+    "CartPole-v1": [(500, 0.2e6, "")],
+    "InvertedPendulum-v5": [(1000, 0.3e6, "OpenAI ES 1,000 at 0.46 M")],
+    "HalfCheetah-v5": [(2400, 2.5e6, "OpenAI ES 2,386 at 2.9 M"), (4800, 12e6, "ARS 4,815 at 12 M")],
+    "Hopper-v5": [(3000, 7e6, "OpenAI ES 3,403 at 31.6 M; ARS 3,344 at 7 M")],
+    "Ant-v5": [(3000, 30e6, "ARS 2,334 at 75 M")],
+}
+
+
+def first_reach(rows, target):
+    for r in rows:
+        if r["eval_return"] and float(r["eval_return"]) >= target:
+            return int(r["timesteps"]), float(r["wall_seconds"])
+    return None, None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("preset")
+    ap.add_argument("--ranks", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default=None, help="result name (default: preset[-seedN])")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra trainer options")
+    ap.add_argument("--fresh", action="store_true", help="delete an existing run directory first")
+    args = ap.parse_args()
+    name = args.name or (args.preset if args.seed == 0 else f"{args.preset}-seed{args.seed}")
+    run_dir = RESULTS / "runs" / name
+    if args.fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    extra = []
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        extra += [f"--{k.replace('_', '-')}", v]
+    bindir = Path(sys.executable).parent
+    mpiexec = shutil.which("mpiexec", path=str(bindir)) or "mpiexec"
+    cmd = [mpiexec, "-n", str(args.ranks), sys.executable, "-m", "nes_mpi", "--config", args.preset,
+           "--seed", str(args.seed), "--run-dir", str(run_dir), "--resume", "auto", "--log-every", "10", *extra]
+    print("running:", " ".join(cmd), flush=True)
+    t0 = time.time()
+    code = subprocess.call(cmd)
+    if code != 0:
+        sys.exit(code)
+    rows = list(csv.DictReader(open(run_dir / "log.csv")))
+    from nes_mpi.checkpoint import latest_good, load
+    state = load(latest_good(run_dir)[0])
+    env = state.config["env"]
+    evals = [float(r["eval_return"]) for r in rows if r["eval_return"]]
+    reached = []
+    for target, within, ref in TARGETS.get(env, []):
+        ts, wall = first_reach(rows, target)
+        reached.append({"target": target, "within_timesteps": within, "reference": ref, "reached_at_timesteps": ts,
+                        "reached_at_wall_seconds": wall, "met": ts is not None and ts <= within,
+                        "best_eval_within_budget": max([float(r["eval_return"]) for r in rows
+                                                        if r["eval_return"] and int(r["timesteps"]) <= within] or [None])})
+    png = RESULTS / f"learning_{name}.png"
+    subprocess.call([sys.executable, "-m", "nes_mpi", "plot", str(run_dir), "-o", str(png), "--title", f"{env} ({name})"])
+    write_result(f"learning_{name}", {
+        "command": "python benchmarks/learning.py " + " ".join(sys.argv[1:]), "env": env, "preset": args.preset,
+        "seed": args.seed, "ranks": args.ranks, "generations": state.generation, "timesteps": state.timesteps,
+        "wall_seconds": state.wall_seconds, "core_hours": state.wall_seconds * args.ranks / 3600,
+        "best_eval_return": max(evals) if evals else None, "final_eval_return": evals[-1] if evals else None,
+        "targets": reached, "config": state.config, "session_seconds": time.time() - t0, "curve": png.name,
+    })
+    for r in reached:
+        status = "MET" if r["met"] else "not met"
+        at = f"{r['reached_at_timesteps'] / 1e6:.2f} M timesteps" if r["reached_at_timesteps"] else "not reached"
+        print(f"{env}: target {r['target']} within {r['within_timesteps'] / 1e6:g} M -> {at} [{status}]")
+
+
+if __name__ == "__main__":
+    main()
