@@ -52,11 +52,14 @@ class EnvHandle:
 
 
 def _from_entry(spec: str, kwargs: dict, render_mode):
+    """'module:Class' or 'module:factory' -> an env; 'module:Env-v0' imports module, which registers Env-v0."""
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"cannot import environment module {module_name!r}: {e}") from None
+    if attr in gym.registry:
+        return None
     factory = getattr(module, attr, None)
     if factory is None:
         raise ConfigError(f"module {module_name!r} has no attribute {attr!r}")
@@ -72,6 +75,8 @@ def make_env(env_id: str, kwargs: dict | None = None, max_episode_steps: int = 0
     kwargs = dict(kwargs or {})
     if ":" in env_id and env_id not in gym.registry:
         env = _from_entry(env_id, kwargs, render_mode)
+        if env is None:  # the module registered a gymnasium id
+            return make_env(env_id.partition(":")[2], kwargs, max_episode_steps, render_mode)
         limit = max_episode_steps or getattr(getattr(env, "spec", None), "max_episode_steps", None) or FALLBACK_MAX_STEPS
         return EnvHandle(env, int(limit), env)
     if env_id not in gym.registry:
@@ -80,7 +85,9 @@ def make_env(env_id: str, kwargs: dict | None = None, max_episode_steps: int = 0
         raise ConfigError(f"unknown environment id {env_id!r}{hint}")
     try:
         with _filtered_c_stderr():
-            outer = gym.make(env_id, disable_env_checker=True, render_mode=render_mode, **kwargs)
+            if render_mode is not None:
+                kwargs["render_mode"] = render_mode
+            outer = gym.make(env_id, disable_env_checker=True, **kwargs)
     except gym.error.Error as e:
         raise ConfigError(f"cannot make {env_id!r}: {e}") from None
     except TypeError as e:

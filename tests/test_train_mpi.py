@@ -66,6 +66,24 @@ def test_user_environment_by_module_path(tmp_path, mpiexec):
     assert float(rows[-1]["eval_return"]) > float(rows[0]["eval_return"])
 
 
+def test_user_environment_registered_by_its_module(tmp_path, mpiexec):
+    run = tmp_path / "reg"
+    nes("--env", "faulty_envs:PointEnv-v0", "--generations", "2", "--population", "8", "--run-dir", run,
+        "--eval-every", "1", "--eval-episodes", "2", *SMALL[2:], ranks=2, check=True)
+    rows = read_log(run)
+    assert int(rows[-1]["timesteps"]) == 2 * 8 * 40  # the registered step limit applies
+
+
+@pytest.mark.parametrize("env_id", ["InvertedPendulum-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5",
+                                    "Ant-v5", "Humanoid-v5", "CartPole-v1", "Pendulum-v1", "Acrobot-v1"])
+def test_every_supported_task_runs(tmp_path, env_id):
+    run = tmp_path / "t"
+    nes("--env", env_id, "--generations", "2", "--population", "4", "--max-episode-steps", "25",
+        "--eval-every", "2", "--eval-episodes", "1", "--run-dir", run, *SMALL[2:], ranks=1, check=True)
+    d = info(run / "checkpoints" / "ckpt_000002.h5")
+    assert d["generation"] == 2 and d["timesteps"] > 0
+
+
 @pytest.mark.parametrize("fault", ["nan_obs", "nan_reward", "raise"])
 def test_faulty_members_get_the_worst_fitness_and_are_counted(tmp_path, mpiexec, fault):
     run = tmp_path / fault

@@ -52,3 +52,6 @@ class WrongShapeOnRank1(PointEnv):
         if rank == 1 and self.count >= 20:
             obs = np.zeros(7, np.float32)
         return obs, r, term, trunc, info
+
+
+gym.register(id="PointEnv-v0", entry_point="faulty_envs:PointEnv", max_episode_steps=40)
