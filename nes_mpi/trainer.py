@@ -7,6 +7,7 @@ order, then every rank applies the identical NES update and statistics update.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -98,6 +99,10 @@ class Trainer:
         if self.state is not None and PolicySpec.from_dict(self.state.policy) != self.spec:
             raise ConfigError(f"the checkpoint's policy {self.state.policy} does not fit environment {cfg.env!r}")
         self.dim = self.spec.num_params
+        # NES_MPI_INJECT_DIVERGENCE=RANK:GEN perturbs one parameter of RANK's parameters after generation GEN,
+        # so that the tests can prove the cross-rank hash check catches it.
+        inject = os.environ.get("NES_MPI_INJECT_DIVERGENCE", "")
+        self._inject_divergence = tuple(int(x) for x in inject.split(":")) if inject else None
         if self.dim > cfg.noise_table_size:
             raise ConfigError(f"--noise-table-size {cfg.noise_table_size} is smaller than the policy ({self.dim} parameters)")
 
@@ -233,6 +238,9 @@ class Trainer:
                 steps += ev_steps
                 row["eval_return"], row["eval_return_std"] = ev, ev_std
                 self.eval_return = ev
+            if self._inject_divergence == (comm.rank, g):  # fault injection for the tests, see __init__
+                self.theta = self.theta.copy()
+                self.theta[0] += np.float32(0.01)
             if g % cfg.check_every == 0 or g == cfg.generations:
                 check_identical(comm, self.theta, g)
             stopping = any_rank(comm, stop.requested)

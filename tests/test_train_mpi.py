@@ -98,6 +98,19 @@ def test_faulty_members_get_the_worst_fitness_and_are_counted(tmp_path, mpiexec,
     assert "member" in proc.stderr  # each failure is reported with its member index
 
 
+def test_diverged_parameters_are_caught_and_named(tmp_path, mpiexec):
+    import os
+    os.environ["NES_MPI_INJECT_DIVERGENCE"] = "2:3"
+    try:
+        proc = nes("--env", "CartPole-v1", "--generations", "10", "--population", "12", "--check-every", "2",
+                   "--run-dir", tmp_path / "div", *SMALL, ranks=3, timeout=120)
+    finally:
+        del os.environ["NES_MPI_INJECT_DIVERGENCE"]
+    assert proc.returncode == 1
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "diverged at generation 4" in lines[0] and "ranks [2]" in lines[0], proc.stderr
+
+
 def test_a_crash_on_one_rank_ends_the_whole_job(tmp_path, mpiexec):
     proc = nes("--env", "faulty_envs:WrongShapeOnRank1", "--generations", "20", "--population", "8",
                "--run-dir", tmp_path / "crash", *SMALL, ranks=2, timeout=120)
