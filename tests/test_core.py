@@ -54,7 +54,7 @@ def test_weighted_sum_matches_dense_computation():
     offsets = t.offsets(0, 50, dim)
     w = np.random.default_rng(0).standard_normal(50).astype(np.float32)
     dense = sum(float(w[k]) * t.table[o : o + dim].astype(np.float64) for k, o in enumerate(offsets))
-    got = t.weighted_sum(w, offsets, dim, block_bytes=4 * dim * 7)  # several blocks
+    got = t.weighted_sum(w, offsets, dim)
     np.testing.assert_allclose(got, dense, rtol=1e-5, atol=1e-5)
 
 
