@@ -54,6 +54,7 @@ class Config:
     optimizer: str = _f("adam", "optimizer", choices=OPTIMIZER_NAMES)
     momentum: float = _f(0.9, "momentum of sgd and clipup")
     weight_decay: float = _f(0.005, "L2 coefficient")
+    top_directions: float = _f(1.0, "fraction of antithetic directions used in the update, best first (ARS); 1: all")
     seed: int = _f(0, "the one common seed: noise, offsets and episode seeds derive from it")
     noise_table_size: int = _f(1 << 25, "normals in the shared noise table (float32, one copy per node)")
     # evaluation, logging, checkpoints
@@ -91,6 +92,8 @@ class Config:
         need(self.log_every >= 1 and self.check_every >= 1, "--log-every and --check-every must be >= 1")
         need(self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (got {self.checkpoint_every})")
         need(self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1 (got {self.keep_checkpoints})")
+        need(0 < self.top_directions <= 1, f"--top-directions must be in (0, 1] (got {self.top_directions})")
+        need(self.top_directions == 1 or self.antithetic, "--top-directions below 1 needs antithetic pairs")
         need(self.obs_clip > 0, f"--obs-clip must be > 0 (got {self.obs_clip})")
         need(self.noise_table_size >= 1 << 16, "--noise-table-size must be at least 65536")
         need(self.policy in POLICIES, f"--policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")

@@ -29,7 +29,8 @@ class UpdateInfo:
 
 class NES:
     def __init__(self, noise: NoiseTable, dim: int, population: int, sigma: float,
-                 optimizer: Optimizer, antithetic: bool = True, weight_decay: float = 0.0):
+                 optimizer: Optimizer, antithetic: bool = True, weight_decay: float = 0.0,
+                 top_directions: float = 1.0):
         if population < 2:
             raise ValueError("population must be at least 2")
         if antithetic and population % 2:
@@ -41,6 +42,11 @@ class NES:
         self.optimizer = optimizer
         self.antithetic = antithetic
         self.weight_decay = float(weight_decay)
+        if not 0 < top_directions <= 1:
+            raise ValueError("top_directions must be in (0, 1]")
+        if top_directions < 1 and not antithetic:
+            raise ValueError("top_directions < 1 needs antithetic pairs")
+        self.top_directions = float(top_directions)
 
     @property
     def n_directions(self) -> int:
@@ -73,6 +79,11 @@ class NES:
         utilities = centered_ranks(fitness)
         if self.antithetic:
             weights = utilities[0::2] - utilities[1::2]
+            if self.top_directions < 1:  # ARS: keep the directions whose better member did best
+                best = np.maximum(fitness[0::2], fitness[1::2])
+                keep = max(1, int(round(self.top_directions * weights.size)))
+                order = np.argsort(-best, kind="stable")
+                weights[order[keep:]] = 0.0
         else:
             weights = utilities
         offsets = self.directions(generation)

@@ -111,7 +111,8 @@ class Trainer:
         self.shared_noise = SharedNoise(comm, cfg.noise_table_size, cfg.seed)
         self.noise = NoiseTable(self.shared_noise.table, cfg.seed)
         self.optimizer = make_optimizer(cfg.optimizer, self.dim, cfg.lr, cfg.momentum)
-        self.nes = NES(self.noise, self.dim, cfg.population, cfg.sigma, self.optimizer, cfg.antithetic, cfg.weight_decay)
+        self.nes = NES(self.noise, self.dim, cfg.population, cfg.sigma, self.optimizer, cfg.antithetic, cfg.weight_decay,
+                       cfg.top_directions)
         self.obs_norm = ObsNorm(self.spec.obs_dim, cfg.obs_clip, cfg.obs_norm)
         self.policy = BatchPolicy(self.spec)
         s = self.state

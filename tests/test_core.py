@@ -209,3 +209,16 @@ def test_every_shipped_preset_is_a_valid_config():
     for name in names:
         cfg = Config.from_dict(load_toml(name)).validate()
         assert cfg.env.endswith(("-v1", "-v5"))
+
+
+def test_top_directions_keep_only_the_best_pairs():
+    nes = _nes(dim=30, pop=8)
+    nes.top_directions = 0.5
+    f = np.array([1.0, 0.0, 9.0, 8.0, 3.0, 2.0, 7.0, 0.5])  # pairs best: 1, 9, 3, 7 -> keep pairs 1 and 3
+    grad, _ = nes.gradient(0, f)
+    u = centered_ranks(f)
+    offsets = nes.directions(0)
+    w = np.zeros(4, np.float32)
+    w[[1, 3]] = (u[0::2] - u[1::2])[[1, 3]]
+    expected = nes.noise.weighted_sum(w, offsets, 30) / (8 * nes.sigma)
+    np.testing.assert_array_equal(grad, expected)
