@@ -64,17 +64,26 @@ def library_versions() -> dict:
     import gymnasium
     import mujoco
     import mpi4py
-    import torch
     from mpi4py import MPI
 
     from . import __version__
 
     return {
         "nes_mpi": __version__, "python": platform.python_version(), "numpy": np.__version__,
-        "torch": torch.__version__, "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__,
+        "torch": _dist_version("torch"), "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__,
         "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "mpi4py": mpi4py.__version__,
         "mpi": MPI.Get_library_version().splitlines()[0].strip(),
     }
+
+
+def _dist_version(name: str) -> str:
+    """An installed distribution's version without importing it (torch costs ~190 MB per rank)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def checkpoint_dir(run_dir) -> Path:

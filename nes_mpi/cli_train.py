@@ -31,14 +31,12 @@ def _agree(comm, fn):
 
 
 def run_train(args) -> int:
-    import torch
     from mpi4py import MPI
 
     from .comm import DivergedError, abort, slurm_world_mismatch
     from .signals import StopRequest
     from .trainer import Setup, Trainer, resolve_config, say
 
-    torch.set_num_threads(1)
     comm = MPI.COMM_WORLD
     stop = StopRequest().install()
 

@@ -1,7 +1,7 @@
-"""Policies: torch modules for the architecture, a batched numpy forward for rollouts.
+"""Policies: the architecture spec, initial parameters, and a batched numpy forward for rollouts.
 
-The torch module defines the parameter layout (the order of `parameters()`),
-the initialisation and what a user loads from a checkpoint. Rollouts use
+The torch module (`torch_policy.TorchPolicy`) is what a user loads from a
+checkpoint; its `parameters()` order is the flat layout used here. Rollouts use
 `BatchPolicy`, which evaluates many members at once from their flat parameter
 rows with numpy: per step a torch call costs several times the numpy maths, and
 ES spends millions of steps in this loop. Each member's rows go through the
@@ -13,10 +13,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
-from torch import nn
-
-_TORCH_ACT = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "selu": nn.SELU, "sigmoid": nn.Sigmoid}
 
 
 def _np_act(name):
@@ -86,59 +82,27 @@ def spec_for(env, kind: str, hidden_sizes, activation: str) -> PolicySpec:
     raise ValueError(f"action space must be Discrete or a flat Box, got {act_space}")
 
 
-class TorchPolicy(nn.Module):
-    """The policy as a torch module (for users, export and as the layout reference)."""
-
-    def __init__(self, spec: PolicySpec):
-        super().__init__()
-        self.spec = spec
-        sizes = spec.layer_sizes
-        layers: list[nn.Module] = []
-        for i in range(len(sizes) - 1):
-            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-            if i < len(sizes) - 2:
-                layers.append(_TORCH_ACT[spec.activation]())
-        self.net = nn.Sequential(*layers)
-        bounded = not spec.discrete and spec.kind == "mlp" and np.all(np.isfinite(spec.action_low + spec.action_high))
-        self.squash = bool(bounded)
-        if not spec.discrete:
-            self.register_buffer("low", torch.tensor(spec.action_low, dtype=torch.float32))
-            self.register_buffer("high", torch.tensor(spec.action_high, dtype=torch.float32))
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """Normalised observation -> action (continuous) or action index (discrete)."""
-        out = self.net(obs)
-        if self.spec.discrete:
-            return out.argmax(-1)
-        if self.squash:
-            return self.low + (torch.tanh(out) + 1.0) * 0.5 * (self.high - self.low)
-        return torch.clamp(out, self.low, self.high)
-
-
 def initial_params(spec: PolicySpec, seed: int) -> np.ndarray:
-    """Deterministic initial parameters: torch's default init, last layer scaled by 0.1."""
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    module = TorchPolicy(spec)
-    torch.random.set_rng_state(gen_state)
-    with torch.no_grad():
-        last = module.net[-1]
-        last.weight.mul_(0.1)
-        last.bias.zero_()
-    return get_flat(module)
+    """Deterministic initial parameters from the seed, in the torch module's layout.
 
-
-def get_flat(module: nn.Module) -> np.ndarray:
-    return torch.nn.utils.parameters_to_vector(module.parameters()).detach().numpy().astype(np.float32)
-
-
-def set_flat(module: nn.Module, theta: np.ndarray) -> nn.Module:
-    torch.nn.utils.vector_to_parameters(torch.as_tensor(np.asarray(theta, dtype=np.float32)), module.parameters())
-    return module
-
-
-def build_torch(spec: PolicySpec, theta: np.ndarray) -> TorchPolicy:
-    return set_flat(TorchPolicy(spec), theta)
+    The distribution of torch.nn.Linear's default init (weights and biases uniform in
+    +-1/sqrt(fan_in)), drawn with numpy so that ranks need not import torch (~190 MB
+    per process); the last layer is scaled by 0.1 and its bias zeroed, so a new policy
+    starts with small actions.
+    """
+    rng = np.random.default_rng([int(seed), 0x1417])
+    sizes = spec.layer_sizes
+    parts = []
+    for i in range(len(sizes) - 1):
+        n_in, n_out = sizes[i], sizes[i + 1]
+        bound = 1.0 / np.sqrt(n_in)
+        w = rng.uniform(-bound, bound, size=(n_out, n_in))
+        b = rng.uniform(-bound, bound, size=n_out)
+        if i == len(sizes) - 2:
+            w *= 0.1
+            b[:] = 0.0
+        parts += [w.ravel(), b]
+    return np.concatenate(parts).astype(np.float32)
 
 
 class BatchPolicy:

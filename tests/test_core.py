@@ -8,7 +8,8 @@ import torch
 from nes_mpi.config import Config, ConfigError, load_toml
 from nes_mpi.noise import CHUNK, NoiseTable, fill_chunks, make_table, n_chunks
 from nes_mpi.optimizers import SGD, Adam, ClipUp, make_optimizer
-from nes_mpi.policy import BatchPolicy, PolicySpec, build_torch, initial_params
+from nes_mpi.policy import BatchPolicy, PolicySpec, initial_params
+from nes_mpi.torch_policy import build_torch
 from nes_mpi.shaping import centered_ranks, replace_nonfinite
 from nes_mpi.strategy import NES
 
@@ -222,3 +223,20 @@ def test_top_directions_keep_only_the_best_pairs():
     w[[1, 3]] = (u[0::2] - u[1::2])[[1, 3]]
     expected = nes.noise.weighted_sum(w, offsets, 30) / (8 * nes.sigma)
     np.testing.assert_array_equal(grad, expected)
+
+
+def test_training_code_does_not_import_torch():
+    """torch costs ~190 MB per rank; only the user-facing torch_policy module needs it."""
+    import subprocess
+    import sys
+    code = ("import sys, nes_mpi.trainer, nes_mpi.cli_train, nes_mpi.checkpoint; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_torch_module_has_the_flat_layout():
+    from nes_mpi.torch_policy import TorchPolicy, get_flat
+    spec = SPECS[0]
+    theta = initial_params(spec, 1)
+    assert np.array_equal(get_flat(build_torch(spec, theta)), theta)
+    assert sum(p.numel() for p in TorchPolicy(spec).parameters()) == spec.num_params

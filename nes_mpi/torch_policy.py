@@ -1,0 +1,57 @@
+"""The policy as a torch module: what users load from a checkpoint, and the layout reference.
+
+Kept apart from `policy.py` so that training ranks never import torch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .policy import PolicySpec
+
+_TORCH_ACT = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "selu": nn.SELU, "sigmoid": nn.Sigmoid}
+
+
+class TorchPolicy(nn.Module):
+    """The policy as a torch module (for users, export and as the layout reference)."""
+
+    def __init__(self, spec: PolicySpec):
+        super().__init__()
+        self.spec = spec
+        sizes = spec.layer_sizes
+        layers: list[nn.Module] = []
+        for i in range(len(sizes) - 1):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < len(sizes) - 2:
+                layers.append(_TORCH_ACT[spec.activation]())
+        self.net = nn.Sequential(*layers)
+        bounded = not spec.discrete and spec.kind == "mlp" and np.all(np.isfinite(spec.action_low + spec.action_high))
+        self.squash = bool(bounded)
+        if not spec.discrete:
+            self.register_buffer("low", torch.tensor(spec.action_low, dtype=torch.float32))
+            self.register_buffer("high", torch.tensor(spec.action_high, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Normalised observation -> action (continuous) or action index (discrete)."""
+        out = self.net(obs)
+        if self.spec.discrete:
+            return out.argmax(-1)
+        if self.squash:
+            return self.low + (torch.tanh(out) + 1.0) * 0.5 * (self.high - self.low)
+        return torch.clamp(out, self.low, self.high)
+
+
+def get_flat(module: nn.Module) -> np.ndarray:
+    return torch.nn.utils.parameters_to_vector(module.parameters()).detach().numpy().astype(np.float32)
+
+
+def set_flat(module: nn.Module, theta: np.ndarray) -> nn.Module:
+    torch.nn.utils.vector_to_parameters(torch.as_tensor(np.asarray(theta, dtype=np.float32)), module.parameters())
+    return module
+
+
+def build_torch(spec: PolicySpec, theta: np.ndarray) -> TorchPolicy:
+    return set_flat(TorchPolicy(spec), theta)
+
+
