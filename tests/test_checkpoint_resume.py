@@ -107,7 +107,7 @@ def _wait_for(path: Path, proc, timeout=120):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])
 def test_signal_on_one_rank_checkpoints_and_exits_75(tmp_path, mpiexec, straight, sig):
     run = tmp_path / "run"
     proc = _launch([*BASE, "--generations", "100000", "--run-dir", run], ranks=3)
