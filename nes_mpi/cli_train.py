@@ -31,14 +31,19 @@ def _agree(comm, fn):
 
 
 def run_train(args) -> int:
+    # Handlers first: MPICH's MPI_Init takes over SIGUSR1 at C level when Python has none, so a
+    # time-limit warning arriving during start-up would otherwise kill or be swallowed. They stay
+    # installed until exit, so a late repeated signal during teardown cannot kill a rank either.
+    from .signals import StopRequest
+
+    stop = StopRequest().install()
+
     from mpi4py import MPI
 
     from .comm import DivergedError, abort, slurm_world_mismatch
-    from .signals import StopRequest
     from .trainer import Setup, Trainer, resolve_config, say
 
     comm = MPI.COMM_WORLD
-    stop = StopRequest().install()
 
     def overrides():
         mismatch = slurm_world_mismatch(comm.size)
@@ -68,7 +73,5 @@ def run_train(args) -> int:
         traceback.print_exc()
         abort(comm, EXIT_ERROR)
         return EXIT_ERROR
-    finally:
-        stop.restore()
     trainer.close()
     return code

