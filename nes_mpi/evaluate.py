@@ -109,6 +109,8 @@ class PolicyRunner:
             self.close()
             raise
         self.env = self.handle.env
+        if render_mode is not None:
+            _follow_the_robot(self.env)
         self.max_steps = self.handle.max_steps
         self.policy = BatchPolicy(spec)
         self.params = params[None, :]
@@ -127,6 +129,19 @@ class PolicyRunner:
             self.handle.outer.close()
         except Exception:
             pass
+
+
+def _follow_the_robot(env) -> None:
+    """gymnasium's MuJoCo v5 envs render from a free camera that stays put, so a running robot
+    leaves the frame; use the model's own tracking camera ("track") when it has one."""
+    renderer = getattr(env.unwrapped, "mujoco_renderer", None)
+    if renderer is None or getattr(renderer, "camera_id", None) != -1:
+        return
+    import mujoco
+
+    track = mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+    if track != -1:
+        renderer.camera_id = track
 
 
 def _check_args(args) -> None:
