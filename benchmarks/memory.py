@@ -209,8 +209,7 @@ def main() -> int:
                                                   for m in ("Rss", "Pss", "Uss")}} for s in samples],
         "seconds": time.perf_counter() - t_start,
     }
-    path = dp.write_result(a.out, result)
-    say(f"wrote {path.relative_to(dp.REPO)}")
+    dp.write_result(a.out, result)
     return 0
 
 

@@ -188,8 +188,7 @@ def main() -> int:
         "model": model,
         "seconds": time.perf_counter() - t_start,
     }
-    path = dp.write_result(a.out, result)
-    say(f"wrote {path.relative_to(dp.REPO)}")
+    dp.write_result(a.out, result)
     return 0
 
 

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from nes_mpi.signals import StopRequest  # noqa: E402

@@ -17,8 +17,8 @@ import numpy as np
 from mpi4py import MPI
 
 from . import checkpoint as ckpt
-from .checkpoint import CheckpointError, TrainState
-from .comm import SharedNoise, any_rank, check_identical, gather_rows, member_range, params_digest
+from .checkpoint import TrainState
+from .comm import SharedNoise, any_rank, check_identical, gather_rows, member_range
 from .config import SAFE_ON_RESUME, Config, ConfigError
 from .envs import make_env
 from .noise import NoiseTable

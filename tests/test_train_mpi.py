@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import math
 
-import numpy as np
 import pytest
 
 from conftest import error_lines, info, nes
@@ -145,7 +144,6 @@ def test_bad_input_is_one_line_from_rank_0_and_exit_2(tmp_path, mpiexec, args, m
 
 def test_refuses_a_bare_srun_with_one_rank_per_task(tmp_path):
     env_extra = {"SLURM_STEP_NUM_TASKS": "4"}
-    import os
     import subprocess
     import sys
 
