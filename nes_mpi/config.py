@@ -215,9 +215,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
+        kw["metavar"] = meta.get("meta", type(default).__name__.upper() if default is not None else "VALUE")
         if "choices" in meta:
             kw["choices"] = meta["choices"]
-        kw["metavar"] = meta.get("meta", type(default).__name__.upper() if default is not None else "VALUE")
+            kw["metavar"] = "{" + ",".join(meta["choices"]) + "}"
         group.add_argument(flag, type=str, **kw)
 
 
