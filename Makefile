@@ -12,6 +12,8 @@ NP ?= $(shell nproc 2>/dev/null || echo 2)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow and not slurm"
+# `make run` continues an interrupted run (Ctrl-C writes a checkpoint) instead of refusing it.
+RUN_ARGS ?= --resume auto
 
 .PHONY: install run test test-all test-slurm bench clean
 
@@ -25,7 +27,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(VENV)/bin/mpiexec -n $(NP) $(PY) -m nes_mpi
+	$(VENV)/bin/mpiexec -n $(NP) $(PY) -m nes_mpi $(RUN_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
