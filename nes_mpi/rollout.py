@@ -94,18 +94,24 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
         x *= inv_std
         np.clip(x, lo, hi, out=x)
         actions = policy(x)
+        # python ints for Discrete (gymnasium's check is fastest on them), row views for Box
+        rows_out = actions.tolist() if discrete else list(actions)
+        by_position = compact or len(active) == n  # row j belongs to active[j]; otherwise row b to member b
         if not np.isfinite(actions).all():  # NaN parameters or observations: never step with NaN actions
             finite = np.isfinite(actions).reshape(len(actions), -1).all(axis=1)
+            pairs = []
             for j, b in enumerate(active):
-                if not finite[b if not compact else j]:
+                row = j if by_position else b
+                if finite[row]:
+                    pairs.append((b, rows_out[row]))
+                else:
                     fail(b, "non-finite action")
-            active = [b for b in active if not failed[b]]
-        # python ints for Discrete (gymnasium's check is fastest on them), row views for Box
-        actions = actions.tolist() if discrete else list(actions)
-        if not compact:
-            actions = [actions[b] for b in active]
+        elif by_position:
+            pairs = zip(active, rows_out)
+        else:
+            pairs = [(b, rows_out[b]) for b in active]
         still = []
-        for b, a in zip(active, actions):
+        for b, a in pairs:
             try:
                 o, r, terminated, truncated, _ = step_fn[b](a)
             except Exception as e:

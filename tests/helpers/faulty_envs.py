@@ -55,3 +55,23 @@ class WrongShapeOnRank1(PointEnv):
 
 
 gym.register(id="PointEnv-v0", entry_point="faulty_envs:PointEnv", max_episode_steps=40)
+
+
+class NanObsOnSeed(PointEnv):
+    """A NaN observation at step 5 of the episode reset with `bad_seed`, and only that one."""
+
+    def __init__(self, bad_seed: int = 7):
+        super().__init__()
+        self.bad_seed = bad_seed
+        self.seed_now = None
+
+    def reset(self, *, seed=None, options=None):
+        self.seed_now = seed
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        if self.seed_now == self.bad_seed and self.t == 5:
+            obs = obs.copy()
+            obs[0] = np.nan
+        return obs, r, term, trunc, info

@@ -1,0 +1,49 @@
+"""Lockstep rollouts on real gymnasium envs: a member's results never depend on its batch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from faulty_envs import NanObsOnSeed
+from nes_mpi.envs import make_env
+from nes_mpi.policy import BatchPolicy, initial_params, spec_for
+from nes_mpi.rollout import rollout
+
+
+def _run(envs, params, seeds, spec, max_steps=50):
+    mean, std = np.zeros(spec.obs_dim, np.float32), np.ones(spec.obs_dim, np.float32)
+    return rollout(envs, max_steps, BatchPolicy(spec), params, seeds, mean, std, 5.0)
+
+
+def test_members_alone_and_in_a_shrinking_batch_agree_bitwise():
+    """Different episode counts make the batch shrink and compact; a NaN observation fails one member only."""
+    n = 6
+    envs = [NanObsOnSeed(bad_seed=7) for _ in range(n)]
+    spec = spec_for(envs[0], "mlp", (16,), "tanh")
+    rng = np.random.default_rng(0)
+    params = (initial_params(spec, 0) + 0.3 * rng.standard_normal((n, spec.num_params))).astype(np.float32)
+    seeds = [[1, 7, 3], [2, 4, 5], [6], [8], [9], [10]]  # members 0, 1 outlive the rest; member 0 meets seed 7
+    batch = _run(envs, params, seeds, spec)
+    assert batch.failed.tolist() == [True, False, False, False, False, False]
+    assert any("non-finite" in msg for _, msg in batch.errors)
+    for b in range(1, n):
+        alone = _run([NanObsOnSeed(bad_seed=7)], params[b : b + 1], [seeds[b]], spec)
+        assert alone.returns[0] == batch.returns[b] and alone.steps[0] == batch.steps[b]
+        assert np.array_equal(alone.obs_sum[0], batch.obs_sum[b]) and np.array_equal(alone.obs_sumsq[0], batch.obs_sumsq[b])
+    assert batch.steps[1] == 150 and batch.obs_sum[0].sum() == 0.0
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Hopper-v5"])
+def test_early_terminations_do_not_couple_members(env_id):
+    n = 5
+    handles = [make_env(env_id) for _ in range(n)]
+    spec = spec_for(handles[0].outer, "mlp", (32, 32), "tanh")
+    rng = np.random.default_rng(1)
+    params = (initial_params(spec, 1) + 0.5 * rng.standard_normal((n, spec.num_params))).astype(np.float32)
+    seeds = [[11 * b + e for e in range(2)] for b in range(n)]
+    batch = _run([h.env for h in handles], params, seeds, spec, max_steps=200)
+    assert len(set(batch.steps.tolist())) > 1  # members really did finish at different times
+    for b in range(n):
+        alone = _run([make_env(env_id).env], params[b : b + 1], [seeds[b]], spec, max_steps=200)
+        assert alone.returns[0] == batch.returns[b] and alone.steps[0] == batch.steps[b]
+        assert np.array_equal(alone.obs_sum[0], batch.obs_sum[b])
