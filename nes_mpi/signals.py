@@ -15,17 +15,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 class StopRequest:
     def __init__(self):
         self.signal_name: str | None = None
-        self._previous = {}
 
     def install(self) -> "StopRequest":
+        """Install the handlers for the rest of the process (a late signal during teardown must not kill)."""
         for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            signal.signal(sig, self._handle)
         return self
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self.signal_name == "SIGINT":
