@@ -44,7 +44,7 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
 
     `poll()` is called between lockstep steps, once POLL_SECONDS have passed since the last call;
     when it returns True the rollout is abandoned and None returned (a stop was requested: the
-    generation's work is dropped). Reading the clock once per step costs tens of nanoseconds.
+    generation's work is dropped). Reading the clock once per step costs a fraction of a microsecond.
     """
     n = len(seeds)
     policy.load(params)
