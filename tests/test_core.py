@@ -19,7 +19,9 @@ def test_centered_ranks_range_order_and_ties():
     assert u.tolist() == pytest.approx([1 / 6, -0.5, 0.5, -1 / 6])
     assert u.sum() == pytest.approx(0.0)
     ties = centered_ranks(np.array([1.0, 1.0, 1.0]))
-    assert ties.tolist() == [-0.5, 0.0, 0.5]  # stable: broken by member index
+    assert ties.tolist() == [0.0, 0.0, 0.0]  # equal fitness, equal utility: ties share their average rank
+    assert centered_ranks(np.array([3.0, 1.0, 1.0, 0.0])).tolist() == [0.5, 0.0, 0.0, -0.5]
+    assert centered_ranks(np.array([2.0, 7.0, 2.0, 5.0, -1.0])).tolist() == [-0.125, 0.5, -0.125, 0.25, -0.5]
     assert np.array_equal(centered_ranks(np.array([1.0, 5.0, 2.0])), centered_ranks(np.array([-7.0, 1e9, 0.0])))
 
 
@@ -223,6 +225,24 @@ def test_top_directions_keep_only_the_best_pairs():
     w[[1, 3]] = (u[0::2] - u[1::2])[[1, 3]]
     expected = nes.noise.weighted_sum(w, offsets, 30) / (8 * nes.sigma)
     np.testing.assert_array_equal(grad, expected)
+
+
+def test_tied_members_do_not_move_theta():
+    """A tied antithetic pair gets weight 0, and a generation where every member ties (all solved CartPole at 500,
+    or all failed) leaves theta and the optimizer state untouched, weight decay included."""
+    table = NoiseTable(make_table(1 << 18, 0), 0)
+    nes = NES(table, 5, 8, 0.02, make_optimizer("adam", 5, 0.01), True, weight_decay=0.005)
+    theta = np.linspace(-1, 1, 5).astype(np.float32)
+    before = {k: np.copy(v) for k, v in nes.optimizer.state_dict().items()}
+    for fitness in (np.full(8, 500.0), np.full(8, np.nan)):
+        new, info = nes.tell(theta, 0, fitness)
+        assert np.array_equal(new, theta) and info.update_norm == 0.0 and info.grad_norm == 0.0
+        after = nes.optimizer.state_dict()
+        assert all(np.array_equal(before[k], after[k]) for k in before)
+    new, info = nes.tell(theta, 0, np.arange(8.0))  # any ranking information: a real step
+    assert info.update_norm > 0 and nes.optimizer.t == 1
+    w, _ = nes.direction_weights(np.array([5.0, 5.0, 9.0, 1.0, 2.0, 2.0, 4.0, 3.0]))
+    assert w[0] == 0.0 and w[2] == 0.0 and w[1] > 0 and w[3] > 0
 
 
 def test_training_code_does_not_import_torch():
