@@ -6,10 +6,12 @@ build any member's parameters and every rank applies the identical update:
 
     grad = 1 / (n sigma) * sum_i u_i eps_i  - weight_decay * theta
 
-with u the centered ranks of the fitnesses and, with antithetic sampling,
-members 2k and 2k+1 evaluating theta + sigma eps_k and theta - sigma eps_k.
-A generation whose utilities are all zero (every member tied) carries no
-information and leaves theta and the optimizer as they are.
+with u the centered ranks of the fitnesses, n the number of members whose
+utilities enter the sum (the population, or the 2b members of the b directions
+kept by --top-directions) and, with antithetic sampling, members 2k and 2k+1
+evaluating theta + sigma eps_k and theta - sigma eps_k. A generation whose
+utilities are all zero (every member tied) carries no information and leaves
+theta and the optimizer as they are.
 """
 from __future__ import annotations
 
@@ -83,12 +85,12 @@ class NES:
         weights = utilities[0::2] - utilities[1::2]
         if self.top_directions == 1:
             return weights, self.population
-        # ARS: keep the directions whose better member did best
+        # ARS: keep the b directions whose better member did best; the estimate averages over those 2b members
         best = np.maximum(fitness[0::2], fitness[1::2])
         keep = max(1, int(round(self.top_directions * weights.size)))
         order = np.argsort(-best, kind="stable")
         weights[order[keep:]] = 0.0
-        return weights, self.population
+        return weights, 2 * keep
 
     def gradient(self, generation: int, fitness: np.ndarray) -> tuple[np.ndarray, int]:
         """The NES estimate of d E[F] / d theta from the whole population's fitnesses."""

@@ -214,17 +214,23 @@ def test_every_shipped_preset_is_a_valid_config():
         assert cfg.env.endswith(("-v1", "-v5"))
 
 
-def test_top_directions_keep_only_the_best_pairs():
+def _dense_sum(nes, generation, weights):
+    """sum_k weights[k] eps_k straight from the table slices, in float64 (independent of weighted_sum)."""
+    offsets = nes.directions(generation)
+    return sum(float(w) * nes.noise.table[o : o + nes.dim].astype(np.float64) for w, o in zip(weights, offsets))
+
+
+def test_top_directions_keep_only_the_best_pairs_and_average_over_them():
+    """ARS: of 4 directions keep the 2 whose better member did best, and divide by the 2b = 4 members kept
+    (not by the population of 8), so SGD and ClipUp see the same scale whatever fraction is kept."""
     nes = _nes(dim=30, pop=8)
     nes.top_directions = 0.5
     f = np.array([1.0, 0.0, 9.0, 8.0, 3.0, 2.0, 7.0, 0.5])  # pairs best: 1, 9, 3, 7 -> keep pairs 1 and 3
     grad, _ = nes.gradient(0, f)
-    u = centered_ranks(f)
-    offsets = nes.directions(0)
-    w = np.zeros(4, np.float32)
-    w[[1, 3]] = (u[0::2] - u[1::2])[[1, 3]]
-    expected = nes.noise.weighted_sum(w, offsets, 30) / (8 * nes.sigma)
-    np.testing.assert_array_equal(grad, expected)
+    # ranks of f by hand: 0.0->0, 0.5->1, 1.0->2, 2.0->3, 3.0->4, 7.0->5, 8.0->6, 9.0->7; utilities rank/7 - 0.5
+    w = np.array([0.0, (7 - 6) / 7, 0.0, (5 - 1) / 7])
+    expected = _dense_sum(nes, 0, w) / (4 * nes.sigma)
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_tied_members_do_not_move_theta():
