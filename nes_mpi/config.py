@@ -53,7 +53,7 @@ class Config:
     lr: float = _f(0.01, "learning rate")
     optimizer: str = _f("adam", "optimizer", choices=OPTIMIZER_NAMES)
     momentum: float = _f(0.9, "momentum of sgd and clipup")
-    weight_decay: float = _f(0.005, "L2 coefficient")
+    weight_decay: float = _f(0.005, "L2 coefficient, applied after the 1/sigma scaling: OpenAI ES l2coeff / sigma")
     top_directions: float = _f(1.0, "fraction of antithetic directions kept, best first, averaged over the members kept (ARS V1-t/V2-t on ranks); 1: all")
     seed: int = _f(0, "the one common seed: noise, offsets and episode seeds derive from it")
     noise_table_size: int = _f(1 << 25, "normals in the shared noise table (float32, one copy per node)")

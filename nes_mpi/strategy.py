@@ -9,9 +9,11 @@ build any member's parameters and every rank applies the identical update:
 with u the centered ranks of the fitnesses, n the number of members whose
 utilities enter the sum (the population, or the 2b members of the b directions
 kept by --top-directions) and, with antithetic sampling, members 2k and 2k+1
-evaluating theta + sigma eps_k and theta - sigma eps_k. A generation whose
-utilities are all zero (every member tied) carries no information and leaves
-theta and the optimizer as they are.
+evaluating theta + sigma eps_k and theta - sigma eps_k. The decay is applied
+after the 1/sigma scaling, so weight_decay equals the OpenAI ES starter's
+l2coeff divided by sigma. A generation whose utilities are all zero (every
+member tied) carries no information and leaves theta and the optimizer as
+they are.
 """
 from __future__ import annotations
 
