@@ -44,7 +44,7 @@ class Config:
     hidden_sizes: tuple = _f((64, 64), "hidden layer sizes of the MLP, comma separated", meta="N,N")
     activation: str = _f("tanh", "MLP activation", choices=ACTIVATIONS)
     obs_norm: bool = _f(True, "normalise observations with running statistics pooled over all ranks")
-    obs_clip: float = _f(5.0, "clip normalised observations to [-c, c]")
+    obs_clip: float = _f(5.0, "clip normalised observations to [-c, c] (not used with --no-obs-norm: raw observations)")
     # strategy
     generations: int = _f(100, "train until this many generations in total")
     population: int = _f(40, "members per generation (even with antithetic pairs)")

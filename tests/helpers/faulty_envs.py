@@ -75,3 +75,15 @@ class NanObsOnSeed(PointEnv):
             obs = obs.copy()
             obs[0] = np.nan
         return obs, r, term, trunc, info
+
+
+class LargeObsPointEnv(PointEnv):
+    """PointEnv observed in centimetres: observations far outside the +-5 clip of normalised ones."""
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        return 100.0 * obs, info
+
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        return 100.0 * obs, r, term, trunc, info
