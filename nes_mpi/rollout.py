@@ -130,6 +130,7 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
             k = ep_steps[b] = ep_steps[b] + 1
             if terminated or truncated or k >= max_steps:
                 steps[b] += k
+                ep_steps[b] = 0  # counted in steps now; a later failure must not add it again
                 total_return[b] += ep_return[b]
                 episode[b] += 1
                 if episode[b] < n_episodes[b] and reset(b):
