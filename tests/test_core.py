@@ -251,6 +251,30 @@ def test_tied_members_do_not_move_theta():
     assert w[0] == 0.0 and w[2] == 0.0 and w[1] > 0 and w[3] > 0
 
 
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_estimate_has_the_closed_form_scale_and_sign(antithetic):
+    """On f(theta) = -|theta - c|^2 with raw (unshaped) fitness, E[1/(n sigma) sum_i f_i eps_i] is exactly the
+    gradient -2 (theta - c). The members are built here from the table slices, the fitness weights are fed to the
+    real estimate (the code path `gradient` uses after shaping), and a large population must land within 10%
+    (measured: 1.7% antithetic, 3.6% plain; a wrong factor 2 or sign is off by 100% or 200%)."""
+    dim, sigma, pop = 5, 0.5, 40000
+    table = NoiseTable(make_table(1 << 20, 11), 11)
+    nes = NES(table, dim, pop, sigma, make_optimizer("sgd", dim, 0.1, 0.0), antithetic)
+    theta = np.array([0.3, -0.2, 0.5, 0.0, 0.1], np.float32)
+    c = np.array([-0.4, 0.3, 0.1, 0.6, -0.2], np.float32)
+    f = lambda x: -np.sum((x.astype(np.float64) - c) ** 2, axis=-1)  # noqa: E731
+    eps = np.stack([table.table[o : o + dim] for o in nes.directions(0)]).astype(np.float64)
+    if antithetic:
+        weights = f(theta + sigma * eps) - f(theta - sigma * eps)  # members 2k = +, 2k+1 = -
+        sample = nes.ask(theta, 0, [0, 1])
+        np.testing.assert_allclose(sample, [theta + sigma * eps[0], theta - sigma * eps[0]], atol=1e-6)
+    else:
+        weights = f(theta + sigma * eps)
+    grad = nes.estimate(0, weights, pop)
+    true = -2.0 * (theta - c)
+    assert np.linalg.norm(grad - true) < 0.1 * np.linalg.norm(true), (grad, true)
+
+
 def test_training_code_does_not_import_torch():
     """torch costs ~190 MB per rank; only the user-facing torch_policy module needs it."""
     import subprocess
