@@ -268,3 +268,43 @@ def test_checkpoint_roundtrip_and_atomic_write(tmp_path, straight):
                      "history/eval_return", "noise"):
             assert name in f
 
+
+WRITER = """
+import sys
+import numpy as np
+from nes_mpi import checkpoint as ckpt
+s = ckpt.load(sys.argv[1])
+s.params = np.random.default_rng(0).standard_normal(int(sys.argv[3]), dtype=np.float32)  # a big state: a slow write
+ckpt.save(s, sys.argv[2])
+"""
+
+
+def test_kill_9_during_save_leaves_the_previous_checkpoint_intact(tmp_path, straight):
+    """SIGKILL a real writer process while checkpoint.save replaces ckpt_000006.h5 with a 256 MB state: the old
+    file must still be there, byte for byte, load, pass its checksum and be what --resume auto picks."""
+    run = tmp_path / "run"
+    target = final(run, 6)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(final(straight, 6).read_bytes())
+    before = hashlib.sha256(target.read_bytes()).hexdigest()
+    n_params = 64 << 20  # float32: 256 MB to hash, write and fsync
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(final(straight, 6)), str(target), str(n_params)],
+                              env=child_env(), stderr=subprocess.PIPE, text=True)
+    tmp = target.with_name(f".{target.name}.tmp-{writer.pid}")
+    t0 = time.time()
+    size = lambda p: p.stat().st_size if p.exists() else 0  # noqa: E731
+    assert size(target) < 1 << 20
+    while max(size(tmp), size(target)) < 1 << 20:  # until the parameters are being written (wherever they go)
+        assert writer.poll() is None, f"the writer finished before the kill: {writer.communicate()}"
+        assert time.time() - t0 < 120, "the writer never started writing"
+        time.sleep(0.0005)
+    writer.kill()
+    writer.communicate()
+    # the kill landed mid-write: the writer died of SIGKILL, and its temporary file was never renamed over the target
+    assert writer.returncode == -signal.SIGKILL
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == before
+    assert tmp.exists(), "no temporary file: the kill did not land during the write"
+    assert tmp.stat().st_size < 4 * n_params, f"the write had finished ({tmp.stat().st_size} bytes)"
+    print(f"killed with {tmp.stat().st_size:,} of about {4 * n_params:,} bytes written")
+    assert np.array_equal(ckpt.load(target).params, ckpt.load(final(straight, 6)).params)
+    assert ckpt.latest_good(run) == (target, [])
