@@ -79,6 +79,37 @@ def test_interrupted_and_resumed_equals_straight(tmp_path, mpiexec, straight, ra
     assert [[r[c] for c in DETERMINISTIC] for r in rows[0]] == [[r[c] for c in DETERMINISTIC] for r in rows[1]]
 
 
+# Option sets beyond the defaults, each small and short. Every one: 1 rank straight to 4 generations vs 2 ranks to
+# 2, then resumed on 3 ranks to 4 -- exact resume and rank-count invariance at once.
+OPTION_SETS = {
+    "sgd-top-directions-survival-bonus": ["--env", "Hopper-v5", "--optimizer", "sgd", "--top-directions", "0.5",
+                                          "--survival-bonus", "1.0", "--population", "10"],
+    "clipup-linear-2-episodes-raw-obs": ["--env", "Hopper-v5", "--optimizer", "clipup", "--policy", "linear",
+                                         "--episodes-per-member", "2", "--no-obs-norm", "--population", "8"],
+    "cartpole-discrete-no-antithetic": ["--env", "CartPole-v1", "--no-antithetic", "--population", "7"],
+    "user-env-sgd": ["--env", "faulty_envs:PointEnv", "--optimizer", "sgd", "--population", "6"],
+}
+SMALL = ["--max-episode-steps", "60", "--hidden-sizes", "16,16", "--eval-every", "2", "--eval-episodes", "3",
+         "--noise-table-size", str(1 << 20), "--checkpoint-every", "2"]
+
+
+@pytest.mark.parametrize("options", list(OPTION_SETS.values()), ids=list(OPTION_SETS))
+def test_options_resume_exactly_on_any_number_of_ranks(tmp_path, mpiexec, options):
+    args = [*options, *SMALL]
+    one = tmp_path / "one"
+    nes(*args, "--generations", "4", "--run-dir", one, ranks=1, check=True)
+    split = tmp_path / "split"
+    nes(*args, "--generations", "2", "--run-dir", split, ranks=2, check=True)
+    proc = nes(*args, "--generations", "4", "--run-dir", split, "--resume", "auto", ranks=3, check=True)
+    assert "resuming" in proc.stdout
+    a, b = state_of(final(one, 4)), state_of(final(split, 4))
+    assert_same_state(a, b)
+    assert a["counters"][0] == 4 and np.isfinite(a["params"]).all()
+    assert not np.array_equal(a["params"], ckpt.load(final(split, 2)).params)  # the run did move
+    rows = [list(csv.DictReader(open(r / "log.csv"))) for r in (one, split)]
+    assert [[r[c] for c in DETERMINISTIC] for r in rows[0]] == [[r[c] for c in DETERMINISTIC] for r in rows[1]]
+
+
 def test_resume_auto_in_an_empty_run_dir_starts_fresh(tmp_path, mpiexec, straight):
     run = tmp_path / "run"
     proc = nes(*BASE, "--generations", "6", "--run-dir", run, "--resume", "auto", ranks=2, check=True)
