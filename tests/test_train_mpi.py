@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from conftest import error_lines, info, nes
+from conftest import episode_by_hand, error_lines, info, nes
 
 pytestmark = pytest.mark.mpi
 
@@ -167,7 +167,7 @@ def test_no_obs_norm_feeds_the_trainer_raw_observations(tmp_path, mpiexec):
     by hand on raw observations (in the hundreds here), and differs from one on observations clipped to +-5."""
     import numpy as np
     from faulty_envs import LargeObsPointEnv
-    from nes_mpi.policy import BatchPolicy, initial_params, spec_for
+    from nes_mpi.policy import initial_params, spec_for
     from nes_mpi.rollout import episode_seed
 
     EVAL_STREAM = 1  # nes_mpi.trainer.EVAL_STREAM; importing the trainer would start MPI in this process
@@ -179,17 +179,8 @@ def test_no_obs_norm_feeds_the_trainer_raw_observations(tmp_path, mpiexec):
     assert first["generation"] == "0"
     spec = spec_for(LargeObsPointEnv(), "mlp", (8,), "tanh")
     theta = initial_params(spec, 0)
-
-    def by_hand(transform):
-        env, pol = LargeObsPointEnv(), BatchPolicy(spec)
-        pol.load(theta[None, :])
-        obs, _ = env.reset(seed=episode_seed(0, 0, 0, 0, EVAL_STREAM))
-        total, done = 0.0, False
-        while not done:
-            obs, r, term, trunc, _ = env.step(pol(transform(np.asarray(obs, np.float32))[None, :])[0])
-            total += r
-            done = term or trunc
-        return total
-
-    assert float(first["eval_return"]) == pytest.approx(by_hand(lambda o: o), rel=1e-12)
-    assert by_hand(lambda o: o) != pytest.approx(by_hand(lambda o: np.clip(o, -5, 5)), rel=1e-6)
+    seed = episode_seed(0, 0, 0, 0, EVAL_STREAM)
+    raw = episode_by_hand(LargeObsPointEnv(), spec, theta, seed, lambda o: o)
+    assert float(first["eval_return"]) == pytest.approx(raw, rel=1e-12)
+    assert raw != pytest.approx(episode_by_hand(LargeObsPointEnv(), spec, theta, seed, lambda o: np.clip(o, -5, 5)),
+                                rel=1e-6)
