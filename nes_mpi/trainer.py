@@ -131,7 +131,7 @@ class Trainer:
             self.wall_seconds = s.wall_seconds
             self.eval_return, self.best_eval_return = s.eval_return, s.best_eval_return
             history = s.history
-        self.log = RunLog(self.run_dir, history, active=comm.rank == 0)
+        self.log = RunLog(self.run_dir, history, active=comm.rank == 0, tensorboard=cfg.tensorboard)
         if comm.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
