@@ -101,3 +101,12 @@ def test_tensorboard_is_off_by_default(tmp_path):
     run = tmp_path / "run"
     nes(*[a for a in BASE if a != "--tensorboard"], "--generations", 1, "--run-dir", run, ranks=None, check=True)
     assert not (run / "tb").exists()
+
+
+def test_the_writer_does_not_import_torch(tmp_path):
+    """Rank 0 writes the events: the tensorboard package's writer must not bring in torch (~190 MB)."""
+    code = ("import sys; from nes_mpi.tensorboard_log import TensorBoardLog; "
+            f"TensorBoardLog({str(tmp_path)!r}, [{{'generation': 0, 'timesteps': 0}}]).append({{'generation': 1}}); "
+            "sys.exit(1 if 'torch' in sys.modules or 'tensorflow' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], env=child_env(), timeout=120).returncode == 0
+    assert len(event_files(tmp_path)) == 1
