@@ -84,6 +84,7 @@ class Trainer:
         self.cfg = cfg = setup.cfg
         self.state = setup.state
         self.resumed_from = setup.resumed_from
+        self.last_checkpoint: Path | None = setup.resumed_from  # newest checkpoint of this run, on every rank
         self.run_dir = Path(cfg.run_dir)
         if comm.size > cfg.population:
             raise ConfigError(f"more ranks ({comm.size}) than population members ({cfg.population}): "
@@ -130,7 +131,7 @@ class Trainer:
             self.wall_seconds = s.wall_seconds
             self.eval_return, self.best_eval_return = s.eval_return, s.best_eval_return
             history = s.history
-        self.log = RunLog(self.run_dir, history, active=comm.rank == 0)
+        self.log = RunLog(self.run_dir, history, active=comm.rank == 0, tensorboard=cfg.tensorboard)
         if comm.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
@@ -200,10 +201,11 @@ class Trainer:
         )
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
+        self.last_checkpoint = ckpt.checkpoint_path(self.run_dir, self.generation)
         if self.comm.rank != 0:
             return None
         state = self.train_state()
-        path = ckpt.save(state, ckpt.checkpoint_path(self.run_dir, self.generation))
+        path = ckpt.save(state, self.last_checkpoint)
         ckpt.prune(self.run_dir, self.cfg.keep_checkpoints)
         return path
 
@@ -271,10 +273,14 @@ class Trainer:
         return 0
 
     def close(self):
+        self.close_envs()
+        if hasattr(self, "shared_noise"):
+            self.shared_noise.free()
+
+    def close_envs(self):
+        """The local part of close(): safe on one rank alone (freeing the shared noise is collective)."""
         for h in self.handles:
             try:
                 h.outer.close()
             except Exception:
                 pass
-        if hasattr(self, "shared_noise"):
-            self.shared_noise.free()

@@ -54,6 +54,15 @@ class WrongShapeOnRank1(PointEnv):
         return obs, r, term, trunc, info
 
 
+class FailsToBuildOnRank1(PointEnv):
+    """Raises while being constructed on MPI rank 1 only: a setup failure the other ranks cannot see."""
+
+    def __init__(self, **kw):
+        if os.environ.get("PMI_RANK") == "1":
+            raise RuntimeError("no simulator licence on this node")
+        super().__init__(**kw)
+
+
 gym.register(id="PointEnv-v0", entry_point="faulty_envs:PointEnv", max_episode_steps=40)
 
 
