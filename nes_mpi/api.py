@@ -96,16 +96,29 @@ def _train(config, options: dict, comm, resume, force, stop) -> TrainSummary:
     except BaseException:
         trainer.close_envs()  # not close(): freeing the shared noise is collective, and setup failed somewhere
         raise
+    from .comm import DivergedError
+    from .signals import EXIT_INTERRUPTED
+    from .trainer import StopFailed
+
     try:
         code = trainer.run(stop)
-    except DivergedError:  # raised identically on every rank: nobody is left waiting
+    except (DivergedError, StopFailed) as e:  # raised identically on every rank: nobody is left waiting
+        if isinstance(e, DivergedError):
+            _record_failure(trainer, EXIT_ERROR, str(e))
         trainer.close()
         raise
     except SystemExit:
         raise
-    except BaseException as e:  # one rank failed (or a second Ctrl-C): show it and take the job down
+    except KeyboardInterrupt:  # a second, deliberate Ctrl-C: end the job at once, no new checkpoint
+        print(f"nes_mpi: rank {comm.rank}: interrupted by a second Ctrl-C; the newest checkpoint is where to "
+              f"resume (exit code {EXIT_INTERRUPTED})", file=sys.stderr, flush=True)
+        _record_failure(trainer, EXIT_INTERRUPTED, "interrupted by a second Ctrl-C")
+        abort(comm, EXIT_INTERRUPTED)
+        raise
+    except BaseException as e:  # one rank failed: show it and take the job down
         print(f"nes_mpi: rank {comm.rank}: fatal {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         traceback.print_exception(e)
+        _record_failure(trainer, EXIT_ERROR, f"rank {comm.rank}: {type(e).__name__}: {e}")
         abort(comm, EXIT_ERROR)
         raise
     trainer.close()
@@ -116,6 +129,14 @@ def _train(config, options: dict, comm, resume, force, stop) -> TrainSummary:
         eval_return=trainer.eval_return, best_eval_return=trainer.best_eval_return,
         checkpoint=trainer.last_checkpoint, run_dir=trainer.run_dir,
         stopped=stopped, stop_signal=heard[0] if heard else None)
+
+
+def _record_failure(trainer, code: int, reason: str) -> None:
+    """Best effort: status.json says "failed" (rank 0 only; a crash on another rank leaves "running")."""
+    try:
+        trainer.record_status("failed", code, reason)
+    except Exception:
+        pass
 
 
 def config_overrides(config) -> dict:

@@ -15,17 +15,27 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def run_train(args) -> int:
-    # Handlers first: MPICH's MPI_Init takes over SIGUSR1 at C level when Python has none, so a
-    # time-limit warning arriving during start-up would otherwise kill or be swallowed. They stay
-    # installed until exit, so a late repeated signal during teardown cannot kill a rank either.
-    from .signals import EXIT_PREEMPTED, StopRequest
+    # `python -m nes_mpi` installed the stop handlers before any heavy import (MPICH's MPI_Init also
+    # takes over SIGUSR1 at C level when Python has none); install_early is idempotent, for callers
+    # that come in another way. `settle` then ignores the stop signals until the process is gone,
+    # so a signal in teardown cannot kill a rank of a finished run.
+    from .signals import install_early
 
-    stop = StopRequest().install()
+    stop = install_early()
+    try:
+        return _run(args, stop)
+    finally:
+        stop.settle()
+
+
+def _run(args, stop) -> int:
+    from .signals import EXIT_PREEMPTED
 
     from mpi4py import MPI
 
     from .api import TrainingError, train
     from .comm import DivergedError
+    from .trainer import StopFailed
 
     comm = MPI.COMM_WORLD
     options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "force")}
@@ -37,7 +47,7 @@ def run_train(args) -> int:
         if e.__cause__ is not None:  # this rank is where setup failed: show where
             traceback.print_exception(e.__cause__)
         return _fail(comm, e, EXIT_ERROR)
-    except DivergedError as e:
+    except (DivergedError, StopFailed) as e:
         return _fail(comm, e, EXIT_ERROR)
     return EXIT_PREEMPTED if summary.stopped else EXIT_OK
 
