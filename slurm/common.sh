@@ -30,7 +30,8 @@ fi
 # under `srun --mpi=pmi2` is "<job id>.<step id>". A rank killed without
 # MPI_Finalize leaves it behind, and a requeued job (same job id, step ids from 0
 # again) would open the stale segment and fail in MPI_Init. mpiexec (hydra) names
-# its jobs afresh each run, so its leftovers only take space.
+# its jobs afresh each run (a name this script cannot know), so its leftovers cannot
+# collide; they only take space until the node's epilog clears /dev/shm.
 NES_SHM_STEPS=${NES_SHM_STEPS:-32}   # step ids 0..N-1 of this job are checked
 
 # nes_fnv1a STRING: the hash MPICH puts into the segment name, in lower-case hex.
@@ -63,23 +64,10 @@ nes_shm_clean_job() {
     done
 }
 
-# nes_shm_clean_new: segments that appeared since nes_train started the launcher
-# (at least 2 s ago: another job's rank may be between creating and mapping one).
-NES_SHM_BEFORE=" "
-nes_shm_clean_new() {
-    local f now
-    now=$(date +%s)
-    for f in /dev/shm/mpich_*; do
-        [[ $NES_SHM_BEFORE == *" $f "* ]] && continue
-        (($(stat -c %Y -- "$f" 2>/dev/null || echo "$now") <= now - 2)) && nes_shm_remove "$f"
-    done
-}
-
 # shellcheck disable=SC2329 # the EXIT trap
 nes_on_exit() {
     [[ -n ${NES_PID:-} ]] && return 0   # the launcher still runs: its segments are in use
     nes_shm_clean_job
-    nes_shm_clean_new
 }
 trap nes_on_exit EXIT
 
@@ -197,7 +185,6 @@ nes_train() {
     trap 'nes_on_term' TERM
 
     nes_shm_clean_job
-    NES_SHM_BEFORE=" $(printf '%s ' /dev/shm/mpich_*)"
     "${cmd[@]}" &
     NES_PID=$!
     local rc

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from checkpoints import write_checkpoint
+from mpich_shm import segment
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((ROOT / "slurm").glob("*.sbatch"))
@@ -304,14 +305,6 @@ def test_sigterm_says_what_happens(stubs, record, rc_script, said):
 
 
 # ------------------------------------------------ MPICH segments in /dev/shm
-def fnv1a(text: str) -> str:
-    """MPICH's segment-name hash of the PMI job name (32-bit FNV-1a)."""
-    h = 2166136261
-    for b in text.encode():
-        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
-    return f"{h:x}"
-
-
 @pytest.fixture
 def shm(tmp_path):
     """A job id no other process uses, and removal of whatever a test leaves in /dev/shm."""
@@ -324,6 +317,7 @@ def shm(tmp_path):
         made.append(p)
         return p
     seg.jobid = jobid
+    seg.made = made
     yield seg
     for p in made:
         p.unlink(missing_ok=True)
@@ -331,9 +325,9 @@ def shm(tmp_path):
 
 def test_stale_segments_of_this_job_are_removed_before_launch(stubs, shm):
     jobid = shm.jobid
-    stale = [shm(f"mpich_shm_{fnv1a(f'{jobid}.0')}_0"), shm(f"mpich_shm_{fnv1a(f'{jobid}.3')}_1")]
-    in_use = shm(f"mpich_shm_{fnv1a(f'{jobid}.1')}_0")
-    other = shm(f"mpich_shm_{fnv1a(f'{int(jobid) + 1}.0')}_0")   # another job's: not ours to judge
+    stale = [shm(segment(f"{jobid}.0").name), shm(segment(f"{jobid}.3", 1).name)]
+    in_use = shm(segment(f"{jobid}.1").name)
+    other = shm(segment(f"{int(jobid) + 1}.0").name)   # another job's: not ours to judge
     holder = subprocess.Popen([sys.executable, "-c", "import mmap, sys, time\n"
                                "f = open(sys.argv[1], 'r+b'); m = mmap.mmap(f.fileno(), 0); print('mapped', flush=True)\n"
                                "time.sleep(60)", str(in_use)], stdout=subprocess.PIPE, text=True)
@@ -352,17 +346,20 @@ def test_stale_segments_of_this_job_are_removed_before_launch(stubs, shm):
 
 
 @pytest.mark.parametrize("rc_launcher", [0, 137])
-def test_segments_left_by_this_run_are_removed_on_exit(stubs, shm, rc_launcher):
-    before = shm(f"mpich_shm_{shm.jobid}ab_0")      # there before the launch: left alone
-    new = Path("/dev/shm") / f"mpich_shm_{shm.jobid}cd_0"
-    try:
-        rc, calls, out = stubs(STUB_RC=rc_launcher, STUB_SHM_NEW=str(new))
-    finally:
-        existed_after = new.exists()
-        new.unlink(missing_ok=True)
+def test_segments_this_job_leaves_are_removed_on_exit(stubs, shm, rc_launcher):
+    # the launcher's ranks die (137) or finish without MPI_Finalize's cleanup, leaving
+    # the segment of step 0; a segment this job cannot have named is left alone
+    jobid = shm.jobid
+    ours = segment(f"{jobid}.0")
+    shm.made.append(ours)
+    unknown = shm(f"mpich_shm_{jobid}ab_0")
+    os.utime(unknown, (time.time() - 60,) * 2)
+    rc, calls, out = stubs(STUB_RC=rc_launcher, SLURM_JOB_ID=jobid, STUB_SHM_NEW=str(ours))
     assert rc == rc_launcher, out
-    assert before.exists()
-    assert not existed_after, out
+    assert calls[0].startswith("srun "), calls
+    assert not ours.exists(), out
+    assert f"removed stale MPICH shared memory {ours}" in out
+    assert unknown.exists()
 
 
 # ------------------------------------------------ finding common.sh from sbatch's copy
