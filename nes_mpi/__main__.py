@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import os
+import sys
+
+# Stop handlers before anything heavy: a SIGTERM/SIGUSR1 in the seconds spent importing numpy,
+# torch, gymnasium and in MPI_Init must become a clean stop, not a death by signal (nes_mpi.signals).
+if not (len(sys.argv) > 1 and sys.argv[1] in ("info", "eval", "plot")):
+    from .signals import install_early
+
+    install_early()
 
 # One thread per rank: set before numpy/torch load their thread pools.
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 
 from .config import ConfigError, add_config_arguments  # noqa: E402
 
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             from .plot import run_plot
             return run_plot(args)
         if args.command == "status":
-            from .status import run_status
+            from .run_state import run_status
             return run_status(args)
     except ConfigError as e:
         print(f"nes_mpi: error: {e}", file=sys.stderr)

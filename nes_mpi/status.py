@@ -1,44 +1,50 @@
-"""`python -m nes_mpi status RUN_DIR`: is a run finished? For batch scripts deciding whether to requeue.
+"""RUN_DIR/status.json: how the last session of a run ended, for batch scripts and people.
 
-It answers from the run directory alone -- the newest checkpoint that loads and passes
-its checksum, compared with the generation budget stored in it (or --generations) -- so
-the answer does not depend on how the ranks died or which launcher reported it. It
-reads checkpoints as data only: no MPI, no environments, nothing named in a checkpoint
-is imported.
+Rank 0 writes it atomically (temporary file, fsync, rename) when a run starts ("running") and on
+every exit path it lives to see ("finished", "stopped", "failed"). A file still saying "running"
+after the job is gone means the job died without a word (kill -9, node loss, an abort because
+another rank crashed); the newest good checkpoint is then the place to resume from.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import os
+import socket
 from pathlib import Path
 
-from .checkpoint import latest_good, load
-from .config import ConfigError
+from .checkpoint import _fsync_dir
 
-EXIT_FINISHED, EXIT_UNFINISHED, EXIT_NO_CHECKPOINT = 0, 3, 4
-
-
-def run_state(run_dir, generations: int | None = None) -> dict:
-    """{"state": finished|unfinished|no-checkpoint, "generation", "generations", "checkpoint"}."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} is not a directory")
-    path, _ = latest_good(run_dir)
-    if path is None:
-        return {"state": "no-checkpoint", "generation": None, "generations": generations, "checkpoint": None}
-    s = load(path)
-    budget = int(s.config.get("generations", 0)) if generations is None else generations
-    state = "finished" if s.generation >= budget else "unfinished"
-    return {"state": state, "generation": s.generation, "generations": budget, "checkpoint": str(path)}
+FILENAME = "status.json"
+STATES = ("running", "finished", "stopped", "failed")
 
 
-def run_status(args) -> int:
-    if args.generations is not None and args.generations < 0:
-        raise ConfigError(f"--generations must be >= 0 (got {args.generations})")
-    st = run_state(args.run_dir, args.generations)
-    if args.json:
-        print(json.dumps(st, sort_keys=True))
-    elif st["state"] == "no-checkpoint":
-        print(f"no-checkpoint: {args.run_dir} holds no usable checkpoint")
-    else:
-        print(f"{st['state']}: generation {st['generation']} of {st['generations']} ({st['checkpoint']})")
-    return {"finished": EXIT_FINISHED, "unfinished": EXIT_UNFINISHED}.get(st["state"], EXIT_NO_CHECKPOINT)
+def status_path(run_dir) -> Path:
+    return Path(run_dir) / FILENAME
+
+
+def write_status(run_dir, state: str, generation: int, generations: int, exit_code: int | None, reason: str,
+                 checkpoint=None) -> None:
+    assert state in STATES, state
+    doc = {
+        "state": state, "generation": int(generation), "generations": int(generations),
+        "exit_code": exit_code, "reason": reason, "checkpoint": str(checkpoint) if checkpoint else None,
+        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(), "pid": os.getpid(),
+    }
+    path = status_path(run_dir)
+    tmp = path.with_name(f".{FILENAME}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=1)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def read_status(run_dir) -> dict | None:
+    try:
+        return json.loads(status_path(run_dir).read_text())
+    except (OSError, ValueError):
+        return None
