@@ -143,15 +143,20 @@ def assert_state(rec: dict, state: str, exit_code: str, cwd: Path):
     assert got == (state, exit_code), f"job {rec['JobId']}: {got}, wanted {(state, exit_code)}\n{outputs(cwd)}"
 
 
+def wait_generation(jobid: str, run_dir: Path, generation: int, cwd: Path, timeout: float = 300):
+    """Wait until the running job's run has logged `generation`."""
+    def reached():
+        st = job(jobid)["JobState"]
+        if st in FINAL_STATES:
+            raise AssertionError(f"job {jobid} ended ({st}) before generation {generation}\n{outputs(cwd)}")
+        return last_generation(run_dir) >= generation
+    wait_for(reached, timeout, f"generation {generation} in {run_dir}/log.csv", cwd)
+
+
 def interrupt_batch_when(jobid: str, run_dir: Path, generation: int, cwd: Path):
     """Wait until the run has logged `generation`, then send the time-limit
     warning the way --signal=B:USR1@... does: SIGUSR1 to the batch shell only."""
-    def started():
-        st = job(jobid)["JobState"]
-        if st in FINAL_STATES:
-            raise AssertionError(f"job {jobid} ended ({st}) before it could be interrupted\n{outputs(cwd)}")
-        return last_generation(run_dir) >= generation
-    wait_for(started, 180, f"generation {generation} in {run_dir}/log.csv", cwd)
+    wait_generation(jobid, run_dir, generation, cwd, timeout=180)
     sh("scancel", "--signal=USR1", "--batch", jobid)
 
 
@@ -165,11 +170,7 @@ def requeue_when(jobid: str, run_dir: Path, generation: int, cwd: Path, kill_fir
     """Once the run has logged `generation`, `scontrol requeue` the job (what preemption with
     requeue and node-failure requeue do); with kill_first, SIGKILL every process of the job
     just before, as SLURM does when KillWait runs out. Returns when the job waits to rerun."""
-    def started():
-        if job(jobid)["JobState"] in FINAL_STATES:
-            raise AssertionError(f"job {jobid} ended before it could be requeued\n{outputs(cwd)}")
-        return last_generation(run_dir) >= generation
-    wait_for(started, 300, f"generation {generation} in {run_dir}/log.csv", cwd)
+    wait_generation(jobid, run_dir, generation, cwd)
     if kill_first:
         pids = job_pids(jobid)
         assert pids, f"no processes listed for job {jobid}"
@@ -367,3 +368,22 @@ def test_slurm_requeue_during_a_long_generation(long_reference, tmp_path, launch
     meta = final_info(run_dir, int(LONG["NES_GENERATIONS"]), tmp_path, env=LONG["NES_ENV"])
     assert meta["timesteps"] == long_reference["timesteps"]
     assert meta["params_sha256"] == long_reference["params_sha256"], "requeued run diverged"
+
+
+def test_scancel_during_a_long_generation_leaves_a_checkpoint(slurm_cluster, tmp_path):
+    """scancel while a generation longer than KillWait (5 s) runs and no checkpoint is due:
+    the ranks abandon the generation, write the state at its start and exit 75 before
+    SLURM's SIGKILL. The job ends CANCELLED, is not requeued, and the only checkpoint holds
+    the last finished generation."""
+    run_dir = tmp_path / "run"
+    settings = {**LONG, "NES_GENERATIONS": "50", "NES_CHECKPOINT_EVERY": "100", "NES_RUN_DIR": str(run_dir)}
+    jobid = sbatch("train.sbatch", tmp_path, settings, "--ntasks=2")
+    wait_generation(jobid, run_dir, 1, tmp_path)
+    sh("scancel", jobid)
+    rec = wait_done(jobid, tmp_path, timeout=120)[0]
+    out = outputs(tmp_path)
+    assert rec["JobState"] == "CANCELLED" and rec["Restarts"] == "0", out
+    assert jobs_log(run_dir)[-1].endswith("restart=0 exit=75"), out
+    assert sorted(checkpoints(run_dir)) == [last_generation(run_dir)], out
+    assert "abandoned after" in out and "not requeueing" in out, out
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
