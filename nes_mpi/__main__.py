@@ -4,9 +4,12 @@ from __future__ import annotations
 import os
 import sys
 
+# The subcommands other than `train`: they keep Python's default signal behaviour.
+TOOLS = ("info", "eval", "plot", "export", "status")
+
 # Stop handlers before anything heavy: a SIGTERM/SIGUSR1 in the seconds spent importing numpy,
 # torch, gymnasium and in MPI_Init must become a clean stop, not a death by signal (nes_mpi.signals).
-if not (len(sys.argv) > 1 and sys.argv[1] in ("info", "eval", "plot")):
+if not (len(sys.argv) > 1 and sys.argv[1] in TOOLS):
     from .signals import install_early
 
     install_early()
@@ -19,7 +22,7 @@ import argparse  # noqa: E402
 
 from .config import ConfigError, add_config_arguments  # noqa: E402
 
-SUBCOMMANDS = ("train", "info", "eval", "plot", "export", "status")
+SUBCOMMANDS = ("train", *TOOLS)
 EXIT_BAD_INPUT = 2
 
 
