@@ -5,7 +5,7 @@ import sys
 import traceback
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, load_toml
+from .config import ConfigError, load_toml, merge_options
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -51,7 +51,7 @@ def run_train(args) -> int:
             raise ConfigError(mismatch)
         cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "force")}
         from_file = load_toml(args.config) if args.config else {}
-        return {**from_file, **cli}
+        return merge_options(from_file, cli)
 
     over = _agree(comm, overrides)
     setup: Setup = _agree(comm, lambda: resolve_config(comm, over, args.resume, args.force))

@@ -2,7 +2,9 @@
 
 Per generation: build my members' parameters from (theta, generation, noise),
 roll them out, Allgatherv (fitness, return, steps, observation sums) in member
-order, then every rank applies the identical NES update and statistics update.
+order, then every rank applies the identical strategy update and statistics update.
+The strategy's state (mean, sigma, optimizer moments: whatever it keeps) is an
+opaque dict here: the trainer passes it to ask/tell and to the checkpoint.
 """
 from __future__ import annotations
 
@@ -19,16 +21,15 @@ from mpi4py import MPI
 from . import checkpoint as ckpt
 from .checkpoint import TrainState
 from .comm import SharedNoise, any_rank, check_identical, gather_rows, member_range
-from .config import SAFE_ON_RESUME, Config, ConfigError
+from .config import SAFE_ON_RESUME, Config, ConfigError, strategy_options
 from .envs import make_env
 from .noise import NoiseTable
 from .obs_norm import ObsNorm
-from .optimizers import make_optimizer
 from .policy import BatchPolicy, PolicySpec, initial_params, spec_for
 from .rollout import episode_seed, obs_count, rollout
 from .runlog import RunLog, console_line
 from .signals import EXIT_PREEMPTED, StopRequest
-from .strategy import NES
+from .strategies import make_strategy
 
 EVAL_STREAM = 1
 
@@ -47,6 +48,8 @@ class Setup:
 
 def resolve_config(comm, overrides: dict, resume: str | None, force: bool) -> Setup:
     """Decide fresh vs resume and the effective config. Same answer on every rank."""
+    given = overrides
+    overrides = strategy_options(given)
     fresh_cfg = Config.from_dict(overrides)
     run_dir = Path(overrides.get("run_dir") or fresh_cfg.run_dir)
     path = None
@@ -69,6 +72,7 @@ def resolve_config(comm, overrides: dict, resume: str | None, force: bool) -> Se
         return Setup(fresh_cfg.validate(), None, None)
     state = ckpt.load(path)
     stored = Config.from_dict(state.config)
+    overrides = strategy_options(given, stored.strategy)  # a preset's [snes] table applies to a resumed snes run
     cfg = Config.from_dict(overrides, base=stored)
     changed = [k for k in overrides if k not in SAFE_ON_RESUME and getattr(cfg, k) != getattr(stored, k)]
     if changed and not force:
@@ -110,21 +114,24 @@ class Trainer:
         cfg, comm = self.cfg, self.comm
         self.shared_noise = SharedNoise(comm, cfg.noise_table_size, cfg.seed)
         self.noise = NoiseTable(self.shared_noise.table, cfg.seed)
-        self.optimizer = make_optimizer(cfg.optimizer, self.dim, cfg.lr, cfg.momentum)
-        self.nes = NES(self.noise, self.dim, cfg.population, cfg.sigma, self.optimizer, cfg.antithetic, cfg.weight_decay,
-                       cfg.top_directions)
+        try:
+            self.strategy = make_strategy(cfg, self.noise, self.dim)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.obs_norm = ObsNorm(self.spec.obs_dim, cfg.obs_clip, cfg.obs_norm)
         self.policy = BatchPolicy(self.spec)
         s = self.state
         if s is None:
-            self.theta = initial_params(self.spec, cfg.seed)
+            self.sstate = self.strategy.init(initial_params(self.spec, cfg.seed))
             self.generation = self.timesteps = self.episodes = 0
             self.wall_seconds = 0.0
             self.eval_return = self.best_eval_return = -math.inf
             history = None
         else:
-            self.theta = np.asarray(s.params, dtype=np.float32)
-            self.optimizer.load_state_dict(s.optimizer)
+            try:
+                self.sstate = self.strategy.restore({**s.strategy, "mean": s.params})
+            except ValueError as e:
+                raise ConfigError(f"{self.resumed_from}: {e}") from None
             self.obs_norm.load_state_dict(s.obs_norm)
             self.generation, self.timesteps, self.episodes = s.generation, s.timesteps, s.episodes
             self.wall_seconds = s.wall_seconds
@@ -134,6 +141,16 @@ class Trainer:
         if comm.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
+
+    @property
+    def theta(self) -> np.ndarray:
+        """The mean of the search distribution: the policy that is evaluated and saved as /params."""
+        return self.sstate["mean"]
+
+    def finished(self) -> bool:
+        """The run has done its generations, or its timesteps budget (checked at the end of a generation)."""
+        cfg = self.cfg
+        return self.generation >= cfg.generations or (cfg.timesteps > 0 and self.timesteps >= cfg.timesteps)
 
     # ---- one generation ------------------------------------------------------------------
     def evaluate(self, generation: int) -> tuple[float, float, int]:
@@ -155,7 +172,7 @@ class Trainer:
     def step(self) -> dict:
         cfg, g = self.cfg, self.generation
         members = list(self.members)
-        params = self.nes.ask(self.theta, g, members)
+        params = self.strategy.ask(self.sstate, g, members)
         seeds = [[episode_seed(cfg.seed, g, m, e) for e in range(cfg.episodes_per_member)] for m in members]
         mean, std = self.obs_norm.mean_std()
         res = rollout(self.envs[: len(members)], self.max_steps, self.policy, params, seeds, mean, std,
@@ -175,7 +192,7 @@ class Trainer:
         fitness, returns, steps = full[:, 0], full[:, 1], full[:, 2]
         if cfg.obs_norm:
             self.obs_norm.update(int(full[:, 4].sum()), full[:, 5 : 5 + od].sum(axis=0), full[:, 5 + od :].sum(axis=0))
-        self.theta, info = self.nes.tell(self.theta, g, fitness)
+        self.sstate, info = self.strategy.tell(self.sstate, g, fitness)
         self.generation = g + 1
         gen_steps = int(steps.sum())
         self.timesteps += gen_steps
@@ -187,13 +204,15 @@ class Trainer:
             "return_max": float(ok.max()) if ok.size else math.nan,
             "return_min": float(ok.min()) if ok.size else math.nan,
             "failed_members": info.n_failed, "grad_norm": info.grad_norm, "update_norm": info.update_norm,
+            "sigma_mean": info.sigma_mean,
             "param_norm": float(np.linalg.norm(self.theta)), "_steps": gen_steps,
         }
 
     # ---- checkpoints ------------------------------------------------------------------------
     def train_state(self) -> TrainState:
         return TrainState(
-            params=self.theta, optimizer=self.optimizer.state_dict(), obs_norm=self.obs_norm.state_dict(),
+            params=self.theta, strategy={k: v for k, v in self.sstate.items() if k != "mean"},
+            obs_norm=self.obs_norm.state_dict(),
             generation=self.generation, timesteps=self.timesteps, episodes=self.episodes,
             wall_seconds=self.wall_seconds, eval_return=self.eval_return, best_eval_return=self.best_eval_return,
             config=self.cfg.to_dict(), policy=self.spec.to_dict(), history=self.log.history(), n_ranks=self.comm.size,
@@ -229,7 +248,7 @@ class Trainer:
             self.log.append(row)
             say(comm, console_line(row))
         last_saved = self.generation if self.resumed_from else -1
-        while self.generation < cfg.generations:
+        while not self.finished():
             t0 = time.perf_counter()
             row = self.step()
             g = self.generation
@@ -240,22 +259,24 @@ class Trainer:
                 row["eval_return"], row["eval_return_std"] = ev, ev_std
                 self.eval_return = ev
             if self._inject_divergence == (comm.rank, g):  # fault injection for the tests, see __init__
-                self.theta = self.theta.copy()
-                self.theta[0] += np.float32(0.01)
-            if g % cfg.check_every == 0 or g == cfg.generations:
+                mean = self.theta.copy()
+                mean[0] += np.float32(0.01)
+                self.sstate = {**self.sstate, "mean": mean}
+            done = self.finished()
+            if g % cfg.check_every == 0 or done:
                 check_identical(comm, self.theta, g)
             stopping = any_rank(comm, stop.requested)
             dt = time.perf_counter() - t0
             row.update(gen_seconds=dt, steps_per_s=steps / dt, wall_seconds=self.wall_seconds + dt)
             self.wall_seconds += dt
             self.log.append(row)
-            if g % cfg.log_every == 0 or g == cfg.generations or stopping:
+            if g % cfg.log_every == 0 or done or stopping:
                 say(comm, console_line(row))
             improved = not math.isnan(row.get("eval_return", math.nan)) and row["eval_return"] > self.best_eval_return
             if improved:
                 self.best_eval_return = row["eval_return"]
                 self.save_best()
-            if g % cfg.checkpoint_every == 0 or g == cfg.generations or stopping:
+            if g % cfg.checkpoint_every == 0 or done or stopping:
                 path = self.save_checkpoint()
                 last_saved = g
                 if path is not None and stopping:

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from nes_mpi.config import Config, ConfigError, load_toml
+from nes_mpi.config import Config, ConfigError, load_toml, merge_options, strategy_options
 from nes_mpi.noise import CHUNK, NoiseTable, fill_chunks, make_table, n_chunks
-from nes_mpi.optimizers import SGD, Adam, ClipUp, make_optimizer
+from nes_mpi.optimizers import GD, SGD, Adam, ClipUp, make_optimizer
 from nes_mpi.policy import BatchPolicy, PolicySpec, initial_params
 from nes_mpi.torch_policy import build_torch
 from nes_mpi.shaping import centered_ranks, replace_nonfinite
-from nes_mpi.strategy import NES
+from nes_mpi.strategies import OpenAIES, Sampling
 
 
 def test_centered_ranks_range_order_and_ties():
@@ -59,18 +59,22 @@ def test_weighted_sum_matches_dense_computation():
     np.testing.assert_allclose(got, dense, rtol=1e-5, atol=1e-5)
 
 
-def _nes(dim=20, pop=200, sigma=0.1, lr=0.05, antithetic=True, opt="sgd"):
-    table = NoiseTable(make_table(1 << 18, 0), 0)
-    return NES(table, dim, pop, sigma, make_optimizer(opt, dim, lr, 0.0 if opt == "sgd" else 0.9), antithetic)
+TABLE = NoiseTable(make_table(1 << 18, 0), 0)
+
+
+def _nes(dim=20, pop=200, sigma=0.1, lr=0.05, antithetic=True, opt="sgd", top_directions=1.0):
+    return OpenAIES(Sampling(TABLE, dim, pop, antithetic), sigma, make_optimizer(opt, lr, 0.0 if opt == "sgd" else 0.9),
+                    top_directions=top_directions)
 
 
 def test_ask_builds_mirrored_members_from_the_shared_noise():
     nes = _nes(dim=10, pop=6)
     theta = np.arange(10, dtype=np.float32)
-    p = nes.ask(theta, 3, range(6))
+    state = nes.init(theta)
+    p = nes.ask(state, 3, range(6))
     np.testing.assert_allclose(p[0] - theta, -(p[1] - theta), atol=1e-6)
     # any subset of members is bit-identical to the same rows of the whole population
-    assert np.array_equal(nes.ask(theta, 3, [4, 5]), p[4:6])
+    assert np.array_equal(nes.ask(state, 3, [4, 5]), p[4:6])
     assert not np.array_equal(p[0], p[2])
 
 
@@ -81,7 +85,7 @@ def test_gradient_estimate_points_uphill_on_a_quadratic(antithetic):
     nes = _nes(dim=dim, pop=400, antithetic=antithetic)
     c = np.linspace(-1, 1, dim).astype(np.float32)
     theta = np.zeros(dim, np.float32)
-    params = nes.ask(theta, 0, range(nes.population))
+    params = nes.ask(nes.init(theta), 0, range(400))
     fitness = -np.sum((params - c) ** 2, axis=1)
     grad, _ = nes.gradient(0, fitness)
     true = 2 * (c - theta)
@@ -93,21 +97,20 @@ def test_nes_solves_a_quadratic():
     dim = 20
     nes = _nes(dim=dim, pop=100, lr=0.05)
     c = np.linspace(-1, 1, dim).astype(np.float32)
-    theta = np.zeros(dim, np.float32)
-    start = np.sum((theta - c) ** 2)
+    state = nes.init(np.zeros(dim, np.float32))
+    start = np.sum(c**2)
     for g in range(150):
-        params = nes.ask(theta, g, range(nes.population))
-        theta, info = nes.tell(theta, g, -np.sum((params - c) ** 2, axis=1))
-    assert np.sum((theta - c) ** 2) < 0.05 * start
+        params = nes.ask(state, g, range(100))
+        state, info = nes.tell(state, g, -np.sum((params - c) ** 2, axis=1))
+    assert np.sum((state["mean"] - c) ** 2) < 0.05 * start
 
 
 def test_nan_fitness_never_reaches_the_parameters():
     nes = _nes(dim=5, pop=10)
-    theta = np.zeros(5, np.float32)
     f = np.arange(10, dtype=np.float64)
     f[[2, 7]] = np.nan
-    theta2, info = nes.tell(theta, 0, f)
-    assert info.n_failed == 2 and np.isfinite(theta2).all()
+    state, info = nes.tell(nes.init(np.zeros(5, np.float32)), 0, f)
+    assert info.n_failed == 2 and np.isfinite(state["mean"]).all()
 
 
 def test_population_rules():
@@ -117,30 +120,33 @@ def test_population_rules():
         _nes(pop=1, antithetic=False)
 
 
-@pytest.mark.parametrize("cls", [Adam, SGD, ClipUp])
-def test_optimizers_ascend_and_restore_exactly(cls):
-    opt = cls(3, 0.1)
+@pytest.mark.parametrize("cls", [Adam, SGD, ClipUp, GD])
+def test_optimizers_ascend_and_are_pure(cls):
+    opt = cls(0.1)
+    state = opt.init(3)
     theta = np.zeros(3, np.float32)
     for _ in range(5):
-        theta = opt.step(theta, np.array([1.0, -2.0, 0.0]))
-    assert theta[0] > 0 and theta[1] < 0 and theta[2] == 0
-    clone = cls(3, 0.1)
-    clone.load_state_dict({k: np.copy(v) for k, v in opt.state_dict().items()})
+        theta, state = opt.step(state, theta, np.array([1.0, -2.0, 0.0]))
+    assert theta[0] > 0 and theta[1] < 0 and theta[2] == 0 and int(state["t"]) == 5
+    frozen = {k: np.copy(v) for k, v in state.items()}
     g = np.array([0.3, 0.1, -0.7])
-    assert np.array_equal(opt.step(theta, g), clone.step(theta, g))
+    first = opt.step(state, theta, g)
+    assert all(np.array_equal(state[k], frozen[k]) for k in state)  # the input state is untouched
+    again = opt.step(frozen, theta.copy(), g)  # same state in, same bits out
+    assert np.array_equal(first[0], again[0]) and all(np.array_equal(first[1][k], again[1][k]) for k in state)
 
 
 def test_adam_first_step_is_lr_sized():
-    opt = Adam(2, 0.01)
-    theta = opt.step(np.zeros(2, np.float32), np.array([100.0, -0.001]))
+    opt = Adam(0.01)
+    theta, _ = opt.step(opt.init(2), np.zeros(2, np.float32), np.array([100.0, -0.001]))
     np.testing.assert_allclose(theta, [0.01, -0.01], rtol=1e-3)
 
 
 def test_clipup_caps_speed():
-    opt = ClipUp(4, 0.1, momentum=0.9, max_speed=0.15)
-    theta = np.zeros(4, np.float32)
+    opt = ClipUp(0.1, momentum=0.9, max_speed=0.15)
+    state, theta = opt.init(4), np.zeros(4, np.float32)
     for _ in range(50):
-        new = opt.step(theta, np.ones(4))
+        new, state = opt.step(state, theta, np.ones(4))
         assert np.linalg.norm(new - theta) <= 0.15 + 1e-6
         theta = new
 
@@ -208,20 +214,40 @@ def test_every_shipped_preset_is_a_valid_config():
     names = preset_names()
     assert {"cartpole", "halfcheetah", "hopper", "inverted_pendulum"} <= set(names)
     for name in names:
-        cfg = Config.from_dict(load_toml(name)).validate()
-        assert cfg.env.endswith(("-v1", "-v5"))
+        for strategy in ("openai", "snes", "pgpe"):
+            cfg = Config.from_dict(strategy_options({**load_toml(name), "strategy": strategy})).validate()
+            assert cfg.env.endswith(("-v1", "-v5")) and cfg.timesteps > 0 and cfg.strategy == strategy
+
+
+def test_strategy_tables_and_auto_defaults(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('sigma = 0.05\nlr = 0.3\n[openai]\nlr = 0.02\n[snes]\nsigma-lr = 0.1\n')
+    from_file = load_toml(f)
+    flat = lambda cli, default="openai": strategy_options(merge_options(from_file, cli), default)
+    assert Config.from_dict(flat({})).lr == 0.02  # the table for the strategy beats the top level
+    assert Config.from_dict(flat({"lr": "0.5"})).lr == 0.5  # the command line beats both
+    snes = Config.from_dict(flat({"strategy": "snes"}))
+    assert (snes.lr, snes.sigma_lr, snes.optimizer, snes.weight_decay, snes.sigma) == (0.3, 0.1, "gd", 0.0, 0.05)
+    assert flat({}, default="snes") == {"sigma": 0.05, "lr": 0.3, "sigma_lr": 0.1}  # resuming a snes run: its table
+    # unset options take each strategy's own defaults
+    assert (Config().optimizer, Config().lr, Config().weight_decay) == ("adam", 0.01, 0.005)
+    pgpe = Config(strategy="pgpe")
+    assert (pgpe.optimizer, pgpe.lr, pgpe.weight_decay, pgpe.sigma_lr, pgpe.sigma_max_change) == ("clipup", 0.01, 0.0, 0.0, 0.2)
+    assert (Config(strategy="snes").optimizer, Config(strategy="snes").lr) == ("gd", 1.0)
+    with pytest.raises(ConfigError, match="must be a table"):
+        (tmp_path / "bad.toml").write_text("snes = 3\n")
+        load_toml(tmp_path / "bad.toml")
 
 
 def test_top_directions_keep_only_the_best_pairs():
-    nes = _nes(dim=30, pop=8)
-    nes.top_directions = 0.5
+    nes = _nes(dim=30, pop=8, top_directions=0.5)
     f = np.array([1.0, 0.0, 9.0, 8.0, 3.0, 2.0, 7.0, 0.5])  # pairs best: 1, 9, 3, 7 -> keep pairs 1 and 3
     grad, _ = nes.gradient(0, f)
     u = centered_ranks(f)
-    offsets = nes.directions(0)
+    offsets = nes.sampling.directions(0)
     w = np.zeros(4, np.float32)
     w[[1, 3]] = (u[0::2] - u[1::2])[[1, 3]]
-    expected = nes.noise.weighted_sum(w, offsets, 30) / (8 * nes.sigma)
+    expected = TABLE.weighted_sum(w, offsets, 30) / (8 * nes.sigma)
     np.testing.assert_array_equal(grad, expected)
 
 
