@@ -51,7 +51,7 @@ class Config:
     hidden_sizes: tuple = _f((64, 64), "hidden layer sizes of the MLP, comma separated", meta="N,N")
     activation: str = _f("tanh", "MLP activation", choices=ACTIVATIONS)
     obs_norm: bool = _f(True, "normalise observations with running statistics pooled over all ranks")
-    obs_clip: float = _f(5.0, "clip normalised observations to [-c, c]")
+    obs_clip: float = _f(5.0, "clip normalised observations to [-c, c] (not used with --no-obs-norm: raw observations)")
     # strategy
     strategy: str = _f("openai", "search strategy: openai (Salimans et al. 2017), snes (separable NES, Wierstra et al. 2014), "
                        "pgpe (Sehnke et al. 2010)", choices=STRATEGY_NAMES)
@@ -64,10 +64,11 @@ class Config:
     optimizer: str = _f(None, "optimizer of the mean (auto: openai adam, snes gd, pgpe clipup)", kind=str,
                         choices=OPTIMIZER_NAMES)
     momentum: float = _f(0.9, "momentum of sgd and clipup")
-    weight_decay: float = _f(None, "L2 coefficient (auto: openai 0.005, snes and pgpe 0)", kind=float)
+    weight_decay: float = _f(None, "L2 coefficient, applied after the 1/sigma scaling (openai: OpenAI ES l2coeff / sigma) "
+                             "(auto: openai 0.005, snes and pgpe 0)", kind=float)
     sigma_lr: float = _f(0.0, "learning rate of sigma (0: snes (3 + ln d) / (5 sqrt d), pgpe 0.1)")
     sigma_max_change: float = _f(0.2, "pgpe: largest relative change of sigma per generation")
-    top_directions: float = _f(1.0, "fraction of antithetic directions used in the update, best first (ARS); 1: all")
+    top_directions: float = _f(1.0, "fraction of antithetic directions kept, best first, averaged over the members kept (ARS V1-t/V2-t on ranks); 1: all")
     seed: int = _f(0, "the one common seed: noise, offsets and episode seeds derive from it")
     noise_table_size: int = _f(1 << 25, "normals in the shared noise table (float32, one copy per node)")
     # evaluation, logging, checkpoints

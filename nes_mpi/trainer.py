@@ -163,7 +163,7 @@ class Trainer:
             mean, std = self.obs_norm.mean_std()
             params = np.repeat(self.theta[None, :], len(slots), axis=0)
             res = rollout(self.envs[: len(slots)], self.max_steps, self.policy, params, seeds, mean, std,
-                          cfg.obs_clip, collect_obs=False)
+                          self.obs_norm.clip, collect_obs=False)
             mine[:, 0] = res.returns
             mine[:, 1] = res.steps
         every = gather_rows(self.comm, mine, cfg.eval_episodes)
@@ -176,7 +176,7 @@ class Trainer:
         seeds = [[episode_seed(cfg.seed, g, m, e) for e in range(cfg.episodes_per_member)] for m in members]
         mean, std = self.obs_norm.mean_std()
         res = rollout(self.envs[: len(members)], self.max_steps, self.policy, params, seeds, mean, std,
-                      cfg.obs_clip, cfg.survival_bonus, collect_obs=cfg.obs_norm)
+                      self.obs_norm.clip, cfg.survival_bonus, collect_obs=cfg.obs_norm)
         for slot, msg in res.errors:
             print(f"nes_mpi: rank {self.comm.rank}: generation {g} member {members[slot]}: {msg}", file=sys.stderr, flush=True)
         od = self.spec.obs_dim

@@ -134,6 +134,9 @@ def test_every_strategy_is_pure_and_member_subsets_are_bitwise_rows(make):
         assert new.keys() == again.keys() and all(np.array_equal(new[k], again[k]) for k in new)
         state = new
     assert int(state["opt_t"]) == 3
+    tied, info = strategy.tell(state, 3, np.full(8, 500.0))  # every member tied: no information, no step
+    assert tied.keys() == state.keys() and all(np.array_equal(tied[k], state[k]) for k in state)
+    assert info.update_norm == 0.0
     assert set(strategy.restore({k: np.copy(v) for k, v in state.items()})) == set(state)
     with pytest.raises(ValueError, match="expected"):
         strategy.restore({k: v for k, v in state.items() if k != "opt_t"})

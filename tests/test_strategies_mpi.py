@@ -116,7 +116,10 @@ def test_version_1_checkpoint_resumes_as_the_openai_strategy(tmp_path, mpiexec):
     nes("--resume", src, "--generations", g + 2, "--run-dir", run, "--eval-every", "0", ranks=2, check=True)
     new = ckpt.load(last(run))
     assert new.generation == g + 2 and new.config["strategy"] == "openai"
-    assert int(new.strategy["opt_t"]) == int(old.strategy["opt_t"]) + 2
+    # the optimizer continues from the old moments: one step per generation that moved the mean (an all-tied
+    # generation of a solved CartPole moves nothing)
+    moved = int(np.sum((new.history["generation"] > g) & (new.history["update_norm"] > 0)))
+    assert moved >= 1 and int(new.strategy["opt_t"]) == int(old.strategy["opt_t"]) + moved
     assert set(new.strategy) == {"opt_t", "opt_m", "opt_v"} and not np.array_equal(new.params, old.params)
     with h5py.File(last(run), "r") as f:
         assert f.attrs["schema_version"] == 2 and "optimizer" not in f

@@ -139,6 +139,12 @@ class GaussianStrategy:
     def ask(self, state: State, generation: int, members) -> np.ndarray:
         return self.sampling.perturbed(state["mean"], self.sigma_of(state), generation, members)
 
+    def no_step(self, state: State, n_failed: int) -> tuple[State, UpdateInfo]:
+        """A generation whose utilities are all zero (every member tied: all solved the task, or all failed)
+        carries no information: the state stays as it is. Weight decay is skipped too, since Adam or ClipUp
+        would turn the decay term alone into a full lr-sized step toward zero."""
+        return state, UpdateInfo(0.0, n_failed, 0.0, float(np.mean(self.sigma_of(state))))
+
     def variance_sums(self, generation: int, utilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """sum_k a_k eps_k and sum_k b_k (eps_k^2 - 1), with a_k, b_k the per-direction weights of the utilities."""
         s = self.sampling

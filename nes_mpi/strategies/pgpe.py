@@ -39,7 +39,10 @@ class PGPE(GaussianStrategy):
 
     def tell(self, state: State, generation: int, fitness: np.ndarray) -> tuple[State, UpdateInfo]:
         fitness, n_failed = replace_nonfinite(fitness)
-        g_mu, g_sig = self.variance_sums(generation, self.shaping(fitness))
+        utilities = self.shaping(fitness)
+        if not np.any(utilities):
+            return self.no_step(state, n_failed)
+        g_mu, g_sig = self.variance_sums(generation, utilities)
         sigma = state["sigma"].astype(np.float64)
         scale = sigma / (2 * self.sampling.n_directions)
         changed, grad_norm, step_norm = step_mean(self.optimizer, state, scale * g_mu, self.weight_decay)

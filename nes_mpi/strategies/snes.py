@@ -39,7 +39,10 @@ class SNES(GaussianStrategy):
 
     def tell(self, state: State, generation: int, fitness: np.ndarray) -> tuple[State, UpdateInfo]:
         fitness, n_failed = replace_nonfinite(fitness)
-        g_mu, g_sig = self.variance_sums(generation, self.shaping(fitness))
+        utilities = self.shaping(fitness)
+        if not np.any(utilities):
+            return self.no_step(state, n_failed)
+        g_mu, g_sig = self.variance_sums(generation, utilities)
         sigma = state["sigma"]
         changed, grad_norm, step_norm = step_mean(self.optimizer, state, sigma * g_mu, self.weight_decay)
         new_sigma = (sigma * np.exp(0.5 * self.eta_sigma * g_sig)).astype(np.float32)
