@@ -103,10 +103,12 @@ class Trainer:
         if self.state is not None and PolicySpec.from_dict(self.state.policy) != self.spec:
             raise ConfigError(f"the checkpoint's policy {self.state.policy} does not fit environment {cfg.env!r}")
         self.dim = self.spec.num_params
-        # NES_MPI_INJECT_DIVERGENCE=RANK:GEN perturbs one parameter of RANK's parameters after generation GEN,
-        # so that the tests can prove the cross-rank hash check catches it.
-        inject = os.environ.get("NES_MPI_INJECT_DIVERGENCE", "")
-        self._inject_divergence = tuple(int(x) for x in inject.split(":")) if inject else None
+        # NES_MPI_INJECT_DIVERGENCE=RANK:GEN[:ENTRY] perturbs the first number of one entry of RANK's strategy
+        # state (default: the mean) after generation GEN, so that the tests can prove the cross-rank hash check
+        # catches it.
+        inject = os.environ.get("NES_MPI_INJECT_DIVERGENCE", "").split(":")
+        self._inject_divergence = (int(inject[0]), int(inject[1])) if len(inject) >= 2 else None
+        self._inject_entry = inject[2] if len(inject) == 3 else "mean"
         if self.dim > cfg.noise_table_size:
             raise ConfigError(f"--noise-table-size {cfg.noise_table_size} is smaller than the policy ({self.dim} parameters)")
 
@@ -146,6 +148,11 @@ class Trainer:
     def theta(self) -> np.ndarray:
         """The mean of the search distribution: the policy that is evaluated and saved as /params."""
         return self.sstate["mean"]
+
+    def state_bytes(self) -> np.ndarray:
+        """The strategy's whole state (mean, sigma, optimizer moments) as one byte vector, for the cross-rank hash."""
+        return np.frombuffer(b"".join(np.ascontiguousarray(self.sstate[k]).tobytes() for k in sorted(self.sstate)),
+                             dtype=np.uint8)
 
     def finished(self) -> bool:
         """The run has done its generations, or its timesteps budget (checked at the end of a generation)."""
@@ -259,12 +266,12 @@ class Trainer:
                 row["eval_return"], row["eval_return_std"] = ev, ev_std
                 self.eval_return = ev
             if self._inject_divergence == (comm.rank, g):  # fault injection for the tests, see __init__
-                mean = self.theta.copy()
-                mean[0] += np.float32(0.01)
-                self.sstate = {**self.sstate, "mean": mean}
+                entry = self.sstate[self._inject_entry].copy()
+                entry[0] += np.float32(0.01)
+                self.sstate = {**self.sstate, self._inject_entry: entry}
             done = self.finished()
             if g % cfg.check_every == 0 or done:
-                check_identical(comm, self.theta, g)
+                check_identical(comm, self.state_bytes(), g)
             stopping = any_rank(comm, stop.requested)
             dt = time.perf_counter() - t0
             row.update(gen_seconds=dt, steps_per_s=steps / dt, wall_seconds=self.wall_seconds + dt)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -124,3 +125,15 @@ def test_version_1_checkpoint_resumes_as_the_openai_strategy(tmp_path, mpiexec):
     with h5py.File(last(run), "r") as f:
         assert f.attrs["schema_version"] == 2 and "optimizer" not in f
     assert np.array_equal(ckpt.load(src).params, old.params)  # the old file is untouched
+
+
+def test_a_diverged_sigma_vector_is_caught_in_the_generation_it_happens(tmp_path, mpiexec):
+    """The cross-rank hash covers the whole strategy state, not only the mean (which would differ a generation later)."""
+    os.environ["NES_MPI_INJECT_DIVERGENCE"] = "1:2:sigma"
+    try:
+        proc = nes(*BASE, "--strategy", "snes", "--generations", "6", "--run-dir", tmp_path / "div", ranks=2)
+    finally:
+        del os.environ["NES_MPI_INJECT_DIVERGENCE"]
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("nes_mpi: error")]
+    assert len(lines) == 1 and "diverged at generation 2" in lines[0] and "ranks [1]" in lines[0], proc.stderr
