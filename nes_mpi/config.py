@@ -26,7 +26,7 @@ STRATEGY_NAMES = ("openai", "snes", "pgpe")
 STRATEGY_DEFAULTS = {
     "openai": {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.005},
     "snes": {"optimizer": "gd", "lr": 1.0, "weight_decay": 0.0},
-    "pgpe": {"optimizer": "clipup", "lr": 0.01, "weight_decay": 0.0},
+    "pgpe": {"optimizer": "clipup", "lr": 0.04, "weight_decay": 0.0},  # lr: sigma sqrt(d) / 36 at the defaults
 }
 
 
@@ -60,7 +60,7 @@ class Config:
     population: int = _f(40, "members per generation (even with antithetic pairs)")
     antithetic: bool = _f(True, "mirrored pairs theta +- sigma eps")
     sigma: float = _f(0.02, "perturbation scale (snes, pgpe: the initial value of every parameter's sigma)")
-    lr: float = _f(None, "learning rate of the mean (auto: openai 0.01, snes 1 (eta_mu), pgpe 0.01)", kind=float)
+    lr: float = _f(None, "learning rate of the mean (auto: openai 0.01, snes 1 (eta_mu), pgpe 0.04)", kind=float)
     optimizer: str = _f(None, "optimizer of the mean (auto: openai adam, snes gd, pgpe clipup)", kind=str,
                         choices=OPTIMIZER_NAMES)
     momentum: float = _f(0.9, "momentum of sgd and clipup")

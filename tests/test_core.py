@@ -234,7 +234,7 @@ def test_strategy_tables_and_auto_defaults(tmp_path):
     # unset options take each strategy's own defaults
     assert (Config().optimizer, Config().lr, Config().weight_decay) == ("adam", 0.01, 0.005)
     pgpe = Config(strategy="pgpe")
-    assert (pgpe.optimizer, pgpe.lr, pgpe.weight_decay, pgpe.sigma_lr, pgpe.sigma_max_change) == ("clipup", 0.01, 0.0, 0.0, 0.2)
+    assert (pgpe.optimizer, pgpe.lr, pgpe.weight_decay, pgpe.sigma_lr, pgpe.sigma_max_change) == ("clipup", 0.04, 0.0, 0.0, 0.2)
     assert (Config(strategy="snes").optimizer, Config(strategy="snes").lr) == ("gd", 1.0)
     with pytest.raises(ConfigError, match="must be a table"):
         (tmp_path / "bad.toml").write_text("snes = 3\n")
