@@ -130,10 +130,16 @@ class Trainer:
             self.eval_return = self.best_eval_return = -math.inf
             history = None
         else:
-            try:
-                self.sstate = self.strategy.restore({**s.strategy, "mean": s.params})
-            except ValueError as e:
-                raise ConfigError(f"{self.resumed_from}: {e}") from None
+            before = Config.from_dict(s.config)
+            if (before.strategy, before.optimizer) == (cfg.strategy, cfg.optimizer):
+                try:
+                    self.sstate = self.strategy.restore({**s.strategy, "mean": s.params})
+                except ValueError as e:
+                    raise ConfigError(f"{self.resumed_from}: {e}") from None
+            else:  # only with --force: another strategy's sigma or another optimizer's moments mean nothing here
+                say(comm, f"nes_mpi: strategy/optimizer changed from {before.strategy}/{before.optimizer} to "
+                          f"{cfg.strategy}/{cfg.optimizer}: continuing from the stored mean with a fresh state")
+                self.sstate = self.strategy.init(s.params)
             self.obs_norm.load_state_dict(s.obs_norm)
             self.generation, self.timesteps, self.episodes = s.generation, s.timesteps, s.episodes
             self.wall_seconds = s.wall_seconds

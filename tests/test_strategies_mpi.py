@@ -139,15 +139,20 @@ def test_a_diverged_sigma_vector_is_caught_in_the_generation_it_happens(tmp_path
     assert len(lines) == 1 and "diverged at generation 2" in lines[0] and "ranks [1]" in lines[0], proc.stderr
 
 
-def test_changing_the_strategy_on_resume_is_refused_in_one_line(tmp_path, mpiexec):
+def test_changing_the_strategy_on_resume_is_refused_in_one_line_unless_forced(tmp_path, mpiexec):
     run = tmp_path / "run"
     nes(*BASE, "--generations", "2", "--run-dir", run, ranks=2, check=True)
     before = (run / "checkpoints" / "ckpt_000002.h5").read_bytes()
-    for extra, message in (([], "cannot change strategy 'openai' -> 'snes'"),
-                           (["--force"], "strategy state has entries")):
-        proc = nes(*BASE, "--generations", "4", "--run-dir", run, "--resume", "auto", "--strategy", "snes", *extra,
-                   ranks=2)
-        lines = [line for line in proc.stderr.splitlines() if line.startswith("nes_mpi: error")]
-        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    proc = nes(*BASE, "--generations", "4", "--run-dir", run, "--resume", "auto", "--strategy", "snes", ranks=2)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("nes_mpi: error")]
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot change strategy 'openai' -> 'snes'" in lines[0], proc.stderr
     assert (run / "checkpoints" / "ckpt_000002.h5").read_bytes() == before
     assert [g for g, _ in ckpt.list_checkpoints(run)] == [2]
+    # forced: the stored mean goes on under the new strategy, with its own fresh sigma and optimizer state
+    old = ckpt.load(run / "checkpoints" / "ckpt_000002.h5")
+    proc = nes(*BASE, "--generations", "3", "--run-dir", run, "--resume", "auto", "--strategy", "snes", "--force",
+               ranks=2, check=True)
+    assert "fresh state" in proc.stdout
+    new = ckpt.load(run / "checkpoints" / "ckpt_000003.h5")
+    assert new.config["strategy"] == "snes" and new.config["optimizer"] == "adam"  # the stored optimizer stays
+    assert int(new.strategy["opt_t"]) == 1 and new.strategy["sigma"].shape == old.params.shape
