@@ -10,7 +10,7 @@ them does in a generation, with the trainer's own functions:
   rollout     `rollout()` of 16 members on real Humanoid-v5 environments with a
               256-256 policy, 1,000-step episodes (see the assumptions below)
   ask         `NES.ask` for those 16 members, their episode seeds, obs mean/std
-  update      `NES.tell` with 1,024 fitnesses on a 2^25 table (weighted sum of
+  update      `OpenAIES.tell` with 1,024 fitnesses on a 2^25 table (weighted sum of
               512 antithetic slices, weight decay, Adam, norms)
   obs-norm    the trainer's packing of its rows, pooling of 1,024 members' sums
               and `ObsNorm.update`
@@ -321,7 +321,7 @@ class Bench:
         return timed(go, 7)
 
     def tell(self, population: int | None = None, repeats: int = 5) -> dict:
-        """NES.tell (+ the trainer's param_norm), and separately its weighted sum and the Adam step."""
+        """OpenAIES.tell (+ the trainer's param_norm), and separately its weighted sum and the Adam step."""
         pop = population or self.population
         nes = self.nes if pop == self.population else self.make_nes(pop)
         state = nes.init(self.theta)
