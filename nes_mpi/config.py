@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -79,6 +80,7 @@ class Config:
     checkpoint_every: int = _f(10, "write a checkpoint every N generations (and at the end)")
     keep_checkpoints: int = _f(3, "checkpoints kept besides best.h5")
     check_every: int = _f(5, "compare a hash of the parameters across ranks every N generations")
+    tensorboard: bool = _f(False, "also write the log's scalars for TensorBoard to RUN_DIR/tb (needs the tensorboard extra)")
 
     def __post_init__(self):
         if self.env_kwargs is None:
@@ -124,6 +126,8 @@ class Config:
         need(self.optimizer in OPTIMIZER_NAMES, f"--optimizer must be one of {', '.join(OPTIMIZER_NAMES)}")
         need(all(h >= 1 for h in self.hidden_sizes), f"--hidden-sizes must be positive (got {self.hidden_sizes})")
         need(isinstance(self.env_kwargs, dict), "--env-kwargs must be a JSON object")
+        need(not self.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+             "--tensorboard needs the tensorboard package: pip install 'nes_mpi[tensorboard]' (or pip install tensorboard)")
         return self
 
     # ---- (de)serialisation ---------------------------------------------------------
@@ -155,7 +159,7 @@ class Config:
 
 # Fields that may change when resuming without altering what the run computes.
 SAFE_ON_RESUME = {"generations", "timesteps", "eval_every", "eval_episodes", "log_every", "run_dir",
-                  "checkpoint_every", "keep_checkpoints", "check_every"}
+                  "checkpoint_every", "keep_checkpoints", "check_every", "tensorboard"}
 
 
 def _toml_value(v) -> str:

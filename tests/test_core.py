@@ -304,7 +304,7 @@ def test_training_code_does_not_import_torch():
     """torch costs ~190 MB per rank; only the user-facing torch_policy module needs it."""
     import subprocess
     import sys
-    code = ("import sys, nes_mpi.trainer, nes_mpi.cli_train, nes_mpi.checkpoint; "
+    code = ("import sys, nes_mpi.trainer, nes_mpi.cli_train, nes_mpi.api, nes_mpi.checkpoint; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

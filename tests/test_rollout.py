@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import episode_by_hand
 from faulty_envs import LargeObsPointEnv, NanObsOnSeed, PointEnv, RaiseOnResetSeed
 from nes_mpi.envs import make_env
 from nes_mpi.obs_norm import ObsNorm
@@ -74,16 +75,5 @@ def test_without_normalisation_the_policy_sees_raw_unclipped_observations():
     theta = (0.01 * np.random.default_rng(3).standard_normal(spec.num_params)).astype(np.float32)
     res = rollout([LargeObsPointEnv()], 50, BatchPolicy(spec), theta[None, :], [[4]], mean, std, norm.clip)
 
-    def by_hand(transform):
-        env, pol = LargeObsPointEnv(), BatchPolicy(spec)
-        pol.load(theta[None, :])
-        obs, _ = env.reset(seed=4)
-        total, done = 0.0, False
-        while not done:
-            obs, r, term, trunc, _ = env.step(pol(transform(np.asarray(obs, np.float32))[None, :])[0])
-            total += r
-            done = term or trunc
-        return total
-
-    assert res.returns[0] == by_hand(lambda o: o)
-    assert res.returns[0] != by_hand(lambda o: np.clip(o, -5, 5))
+    assert res.returns[0] == episode_by_hand(LargeObsPointEnv(), spec, theta, 4, lambda o: o)
+    assert res.returns[0] != episode_by_hand(LargeObsPointEnv(), spec, theta, 4, lambda o: np.clip(o, -5, 5))
