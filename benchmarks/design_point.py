@@ -10,7 +10,7 @@ them does in a generation, with the trainer's own functions:
   rollout     `rollout()` of 16 members on real Humanoid-v5 environments with a
               256-256 policy, 1,000-step episodes (see the assumptions below)
   ask         `NES.ask` for those 16 members, their episode seeds, obs mean/std
-  update      `NES.tell` with 1,024 fitnesses on a 2^25 table (weighted sum of
+  update      `OpenAIES.tell` with 1,024 fitnesses on a 2^25 table (weighted sum of
               512 antithetic slices, weight decay, Adam, norms)
   obs-norm    the trainer's packing of its rows, pooling of 1,024 members' sums
               and `ObsNorm.update`
@@ -236,9 +236,9 @@ class Bench:
         from nes_mpi.envs import make_env
         from nes_mpi.noise import NoiseTable, make_table
         from nes_mpi.obs_norm import ObsNorm
-        from nes_mpi.optimizers import make_optimizer
+        from nes_mpi.optimizers import Adam
         from nes_mpi.policy import BatchPolicy, initial_params, spec_for
-        from nes_mpi.strategy import NES
+        from nes_mpi.strategies import OpenAIES, Sampling
 
         self.members = members
         self.population = population
@@ -257,9 +257,9 @@ class Bench:
         self.table_fill = {"wall": clock()[0] - w, "cpu": clock()[1] - c}
         self.noise = NoiseTable(self.table, 0)
         self.theta = initial_params(self.spec, 0)
-        self.make_nes = lambda pop: NES(self.noise, self.dim, pop, 0.02, make_optimizer("adam", self.dim, 0.01),
-                                        True, 0.005)
+        self.make_nes = lambda pop: OpenAIES(Sampling(self.noise, self.dim, pop), 0.02, Adam(0.01), weight_decay=0.005)
         self.nes = self.make_nes(population)
+        self.sstate = self.nes.init(self.theta)
         self.policy = BatchPolicy(self.spec)
         self.obs_norm = ObsNorm(self.obs_dim, 5.0, True)
         self.norms: dict[int, ObsNorm] = {}  # running statistics per set of environments, as a trainer keeps them
@@ -282,7 +282,7 @@ class Bench:
         n = members or self.members
         g = self.generation
         self.generation += 1
-        params = self.nes.ask(self.theta, g, range(n))
+        params = self.nes.ask(self.sstate, g, range(n))
         seeds = [[episode_seed(0, g, m, e) for e in range(episodes_per_member)] for m in range(n)]
         # Observations are normalised with the statistics of the earlier rollouts on the same environments,
         # as in a running trainer (the physics' cost depends on the actions, hence on the normalisation).
@@ -315,28 +315,30 @@ class Bench:
 
         def go():
             g = self.generation
-            self.nes.ask(self.theta, g, range(n))
+            self.nes.ask(self.sstate, g, range(n))
             [[episode_seed(0, g, m, 0)] for m in range(n)]
             self.obs_norm.mean_std()
         return timed(go, 7)
 
     def tell(self, population: int | None = None, repeats: int = 5) -> dict:
-        """NES.tell (+ the trainer's param_norm), and separately its weighted sum and the Adam step."""
+        """OpenAIES.tell (+ the trainer's param_norm), and separately its weighted sum and the Adam step."""
         pop = population or self.population
         nes = self.nes if pop == self.population else self.make_nes(pop)
-        theta = self.theta.copy()
+        state = nes.init(self.theta)
+        theta = state["mean"]
+        opt_state = nes.optimizer.init(self.dim)
         keys = ("tell", "weighted_sum", "adam")
         acc = {k: {"wall": [], "cpu": []} for k in keys}
         for r in range(repeats + 1):
             g = 1000 + r
             fitness = self.rng.standard_normal(pop)
             w = self.rng.standard_normal(pop // 2)
-            offsets = nes.directions(g + 50)
+            offsets = nes.sampling.directions(g + 50)
             grad = self.rng.standard_normal(self.dim)
             ops = {
-                "tell": lambda: np.linalg.norm(nes.tell(theta, g, fitness)[0]),
+                "tell": lambda: np.linalg.norm(nes.tell(state, g, fitness)[0]["mean"]),
                 "weighted_sum": lambda: self.noise.weighted_sum(w, offsets, self.dim),
-                "adam": lambda: nes.optimizer.step(theta, grad),
+                "adam": lambda: nes.optimizer.step(opt_state, theta, grad),
             }
             for k in keys:
                 t0 = clock()
@@ -385,7 +387,7 @@ class Bench:
         cfg = Config(env=env, hidden_sizes=HIDDEN, population=self.population, run_dir=str(workdir))
         history = {c: (np.arange(HISTORY_ROWS, dtype=np.int64) if c in INT_COLUMNS
                        else self.rng.standard_normal(HISTORY_ROWS)) for c in COLUMNS}
-        state = TrainState(params=self.theta, optimizer=self.nes.optimizer.state_dict(),
+        state = TrainState(params=self.theta, strategy={k: v for k, v in self.sstate.items() if k != "mean"},
                            obs_norm=self.obs_norm.state_dict(), generation=0, timesteps=0, episodes=0,
                            wall_seconds=0.0, eval_return=0.0, best_eval_return=0.0, config=cfg.to_dict(),
                            policy=self.spec.to_dict(), history=history, n_ranks=RANKS)
@@ -422,7 +424,8 @@ def measure_components(rounds: int, workdir: Path, say) -> tuple[dict, dict]:
     # observation statistics from earlier rollouts (the warm-ups).
     nes = b.make_nes(MEMBERS)
     for g in range(2):
-        b.theta, _ = nes.tell(b.theta, g, b.rng.standard_normal(MEMBERS))
+        b.sstate, _ = nes.tell(b.sstate, g, b.rng.standard_normal(MEMBERS))
+    b.theta = b.sstate["mean"]
     b.rollout(b.handles_default, 2)
     b.rollout(b.handles_full, 1, members=4)
     for r in range(rounds):
@@ -734,7 +737,7 @@ def main() -> int:
     say("  everything else, per generation (periodic work amortised):")
     labels = {
         "ask": f"ask {m} members + episode seeds + obs mean/std",
-        "update": (f"update NES.tell(1,024): weighted sum of 512 slices {cc['weighted_sum'] * 1e3:.1f} ms, "
+        "update": (f"update OpenAIES.tell(1,024): weighted sum of 512 slices {cc['weighted_sum'] * 1e3:.1f} ms, "
                    f"Adam {cc['adam'] * 1e3:.1f} ms, rest"),
         "allgatherv": (f"Allgatherv {nbytes / 1e6:.2f} MB: 64 ranks, 10 GbE model (2 ranks here: "
                        f"{ag['gather_rows'][POPULATION]['min_s'] * 1e3:.2f} ms best, "
