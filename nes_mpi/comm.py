@@ -78,11 +78,52 @@ class SharedNoise:
             self.node.Barrier()
         self.table = table
 
+    def layout(self, comm: MPI.Comm) -> dict:
+        """How the job holds the table, measured not assumed (collective over `comm`).
+
+        `owners` are the world ranks whose memory holds a copy (a shared window's
+        owner, or every rank with a private fallback copy); `resident_bytes` sums
+        each rank's proportional share (PSS) of the memory mapping the table lies in,
+        so it counts a node-shared copy once however many ranks touch it.
+        """
+        itemsize = np.dtype(noise.NOISE_DTYPE).itemsize
+        owns = self.win is None or self.node.rank == 0
+        leader = self.node.bcast(comm.rank, root=0)
+        pss = mapping_pss(self.table.ctypes.data)
+        rows = comm.allgather((leader, owns, pss))
+        nodes: dict[int, list[int]] = {}
+        for r, (lead, _, _) in enumerate(rows):
+            nodes.setdefault(lead, []).append(r)
+        return {
+            "node_ranks": list(nodes.values()),
+            "owners": [r for r, (_, own, _) in enumerate(rows) if own],
+            "table_bytes": self.table.size * itemsize,
+            "resident_bytes": None if any(p is None for *_, p in rows) else sum(p for *_, p in rows),
+        }
+
     def free(self):
         if self.win is not None:
             self.table = None
             self.win.Free()
             self.win = None
+
+
+def mapping_pss(address: int) -> int | None:
+    """PSS in bytes of this process's memory mapping that contains `address` (None off Linux)."""
+    try:
+        with open("/proc/self/smaps") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for line in lines:
+        head = line.split(maxsplit=1)[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "Pss:":
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def slurm_world_mismatch(world_size: int) -> str | None:

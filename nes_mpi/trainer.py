@@ -38,6 +38,27 @@ def say(comm, *args, file=None):
         print(*args, file=file or sys.stdout, flush=True)
 
 
+def noise_layout_line(lay: dict) -> str:
+    """One console line on where the noise table lives: one copy per node is the design."""
+    mib = lay["table_bytes"] / 2**20
+    res = "" if lay["resident_bytes"] is None else f"; resident {lay['resident_bytes'] / 2**20:.1f} MiB summed over ranks"
+    nodes = " | ".join(rank_list(r) for r in lay["node_ranks"])
+    n = len(lay["owners"])
+    return (f"nes_mpi: noise table: {n} {'copy' if n == 1 else 'copies'} of {mib:.1f} MiB on {len(lay['node_ranks'])} node(s) "
+            f"(ranks {nodes}; owners {rank_list(lay['owners'])}{res})")
+
+
+def rank_list(ranks: list[int]) -> str:
+    """Ranks as compact runs: [0, 1, 2, 5] -> '0-2,5'."""
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 @dataclass
 class Setup:
     cfg: Config
@@ -110,6 +131,7 @@ class Trainer:
         cfg, comm = self.cfg, self.comm
         self.shared_noise = SharedNoise(comm, cfg.noise_table_size, cfg.seed)
         self.noise = NoiseTable(self.shared_noise.table, cfg.seed)
+        say(comm, noise_layout_line(self.shared_noise.layout(comm)))
         self.optimizer = make_optimizer(cfg.optimizer, self.dim, cfg.lr, cfg.momentum)
         self.nes = NES(self.noise, self.dim, cfg.population, cfg.sigma, self.optimizer, cfg.antithetic, cfg.weight_decay,
                        cfg.top_directions)
