@@ -2,6 +2,7 @@
 so `Split_type(COMM_TYPE_SHARED)` and the node-shared noise table behave as on K real nodes."""
 from __future__ import annotations
 
+import csv
 import os
 import re
 import signal
@@ -55,6 +56,11 @@ def layout(stdout: str) -> dict:
             "owners": ranks_of(m[5]), "resident_mib": float(m[6])}
 
 
+def read_log(run: Path) -> list[dict]:
+    with open(run / "log.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
 def sha(run: Path, generation: int) -> str:
     return info(run / "checkpoints" / f"ckpt_{generation:06d}.h5")["params_sha256"]
 
@@ -82,6 +88,10 @@ def test_emulated_nodes_match_one_rank_and_hold_one_table_each(tmp_path, one_ran
     # per rank would sum to `ranks` tables (the mapping also holds a few pages of MPICH's own).
     assert lay["mib"] == TABLE * 4 / 2**20
     assert nodes * lay["mib"] <= lay["resident_mib"] < (nodes + 0.5) * lay["mib"], lay
+    # each rank's rollout time travels with its rows: the log's idle fraction is 1 - mean/max over ranks
+    idle = [float(r["idle_fraction"]) for r in read_log(run)]
+    assert len(idle) == 3 and all(0 < x < 1 for x in idle), idle
+    assert {float(r["idle_fraction"]) for r in read_log(one_rank)} == {0.0}
 
 
 def test_resume_on_a_different_node_count(tmp_path, one_rank):
