@@ -99,13 +99,69 @@ class SharedNoise:
             "owners": [r for r, (_, own, _) in enumerate(rows) if own],
             "table_bytes": self.table.size * itemsize,
             "resident_bytes": None if any(p is None for *_, p in rows) else sum(p for *_, p in rows),
+            "update_split": getattr(self, "coop", None) is not None,
         }
 
+    def noise_table(self, seed: int, dim: int) -> noise.NoiseTable:
+        """The table for the update: with several ranks on a node, one whose weighted sum they share."""
+        if self.win is None or self.node.size == 1:
+            return noise.NoiseTable(self.table, seed)
+        self.coop = NodeCooperativeNoise(self.table, seed, self.node, dim)
+        return self.coop
+
     def free(self):
+        coop = getattr(self, "coop", None)
+        if coop is not None:
+            coop.free()
+            self.coop = None
         if self.win is not None:
             self.table = None
             self.win.Free()
             self.win = None
+
+
+class NodeCooperativeNoise(noise.NoiseTable):
+    """The update's weighted sum split over the ranks of a node.
+
+    Every rank streaming all pop/2 slices makes a node read the same bytes once per
+    rank, and then memory bandwidth, not the core, sets the update's time. Here rank
+    i of the node sums only its contiguous range of the dimensions into a node-shared
+    buffer and, after a node barrier, every rank copies the whole sum. Each element
+    is still summed over the directions in the same order, so the bits are those of
+    `NoiseTable.weighted_sum` for any node layout. Two buffers alternate, so a rank
+    writing the next sum never overwrites one a slower neighbour is still copying.
+    Collective over the node: every rank must call weighted_sum the same times.
+    """
+
+    def __init__(self, table: np.ndarray, seed: int, node: MPI.Comm, dim: int):
+        super().__init__(table, seed)
+        self.node, self.dim = node, dim
+        itemsize = np.dtype(np.float32).itemsize
+        self.win = MPI.Win.Allocate_shared(2 * dim * itemsize if node.rank == 0 else 0, itemsize, comm=node)
+        buf, _ = self.win.Shared_query(0)
+        self.buffers = np.ndarray(buffer=buf, dtype=np.float32, shape=(2, dim))
+        self.win.Lock_all(MPI.MODE_NOCHECK)
+        part = member_range(dim, node.size, node.rank)
+        self.lo, self.hi = part.start, part.stop
+        self.calls = 0
+
+    def weighted_sum(self, weights: np.ndarray, offsets: np.ndarray, dim: int) -> np.ndarray:
+        if dim != self.dim:
+            return super().weighted_sum(weights, offsets, dim)
+        buf = self.buffers[self.calls % 2]
+        self.calls += 1
+        mine = np.zeros(self.hi - self.lo, dtype=np.float32)
+        self.weighted_sum_part(weights, offsets, self.lo, self.hi, mine)
+        buf[self.lo : self.hi] = mine
+        self.win.Sync()
+        self.node.Barrier()
+        self.win.Sync()
+        return buf.astype(np.float64)
+
+    def free(self):
+        self.buffers = None
+        self.win.Unlock_all()
+        self.win.Free()
 
 
 def mapping_pss(address: int) -> int | None:

@@ -21,7 +21,6 @@ from .checkpoint import TrainState
 from .comm import SharedNoise, any_rank, check_identical, gather_rows, member_range
 from .config import SAFE_ON_RESUME, Config, ConfigError
 from .envs import make_env
-from .noise import NoiseTable
 from .obs_norm import ObsNorm
 from .optimizers import make_optimizer
 from .policy import BatchPolicy, PolicySpec, initial_params, spec_for
@@ -45,7 +44,8 @@ def noise_layout_line(lay: dict) -> str:
     nodes = " | ".join(rank_list(r) for r in lay["node_ranks"])
     n = len(lay["owners"])
     return (f"nes_mpi: noise table: {n} {'copy' if n == 1 else 'copies'} of {mib:.1f} MiB on {len(lay['node_ranks'])} node(s) "
-            f"(ranks {nodes}; owners {rank_list(lay['owners'])}{res})")
+            f"(ranks {nodes}; owners {rank_list(lay['owners'])}{res})"
+            + ("; update summed by each node's ranks together" if lay["update_split"] else ""))
 
 
 def rank_list(ranks: list[int]) -> str:
@@ -169,7 +169,7 @@ class Trainer:
     def setup_numerics(self):
         cfg, comm = self.cfg, self.comm
         self.shared_noise = SharedNoise(comm, cfg.noise_table_size, cfg.seed)
-        self.noise = NoiseTable(self.shared_noise.table, cfg.seed)
+        self.noise = self.shared_noise.noise_table(cfg.seed, self.dim)
         say(comm, noise_layout_line(self.shared_noise.layout(comm)))
         self.optimizer = make_optimizer(cfg.optimizer, self.dim, cfg.lr, cfg.momentum)
         self.nes = NES(self.noise, self.dim, cfg.population, cfg.sigma, self.optimizer, cfg.antithetic, cfg.weight_decay,
