@@ -171,7 +171,7 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(f[11]) + int(f[12])) / CLK_TCK
 
 
-def _log_rows(run_dir: Path) -> int:
+def log_rows(run_dir: Path) -> int:
     try:
         with open(run_dir / "log.csv", "rb") as fh:
             return max(0, fh.read().count(b"\n") - 1)
@@ -211,7 +211,7 @@ def run_trainer(n_ranks: int, args: list[str], run_dir: Path, poll: float = 0.2,
                 now = time.perf_counter()
                 cpus = [cpu_seconds(pid) for pid in pids.values()]
                 if len(pids) == n_ranks and all(c is not None for c in cpus):
-                    polls.append((now, _log_rows(run_dir), sum(cpus)))
+                    polls.append((now, log_rows(run_dir), sum(cpus)))
                 if sampler is not None and pids:
                     samples.append(sampler(pids, p.pid))
                 time.sleep(poll)

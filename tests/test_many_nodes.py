@@ -23,7 +23,7 @@ TASK = ["--env", "Hopper-v5", "--population", "12", "--max-episode-steps", "60",
         "--noise-table-size", str(TABLE), "--check-every", "1", "--checkpoint-every", "1",
         "--keep-checkpoints", str(GENS + 1)]
 LAYOUT = re.compile(r"noise table: (\d+) cop(?:y|ies) of ([\d.]+) MiB on (\d+) node\(s\) \(ranks (.*); owners (.*); "
-                    r"resident ([\d.]+) MiB summed over ranks\)")
+                    r"resident ([\d.]+) MiB summed over ranks\)(; update summed by each node's ranks together)?")
 
 
 def command(ranks: int, *args) -> list[str]:
@@ -53,7 +53,7 @@ def layout(stdout: str) -> dict:
     m = LAYOUT.search(stdout)
     assert m, stdout
     return {"copies": int(m[1]), "mib": float(m[2]), "nodes": [ranks_of(f) for f in m[4].split(" | ")],
-            "owners": ranks_of(m[5]), "resident_mib": float(m[6])}
+            "owners": ranks_of(m[5]), "resident_mib": float(m[6]), "update_split": "update summed by" in m[0]}
 
 
 def read_log(run: Path) -> list[dict]:
@@ -70,7 +70,8 @@ def one_rank(tmp_path_factory):
     """The reference: the same task on 1 rank, every generation's checkpoint kept."""
     run = tmp_path_factory.mktemp("one") / "run"
     proc = train(1, 1, "--generations", GENS, "--run-dir", run)
-    assert layout(proc.stdout)["copies"] == 1
+    lay = layout(proc.stdout)
+    assert lay["copies"] == 1 and not lay["update_split"]
     return run
 
 
@@ -84,6 +85,7 @@ def test_emulated_nodes_match_one_rank_and_hold_one_table_each(tmp_path, one_ran
     assert sorted(r for node in lay["nodes"] for r in node) == list(range(ranks))
     assert len(lay["nodes"]) == nodes and len({len(n) for n in lay["nodes"]}) == 2  # uneven, e.g. 3+2
     assert lay["copies"] == nodes and lay["owners"] == sorted(min(n) for n in lay["nodes"])
+    assert lay["update_split"]  # the same bits although each rank summed only its range of the dimensions
     # The PSS of the table's mapping, summed over every rank, is one table per node: a private copy
     # per rank would sum to `ranks` tables (the mapping also holds a few pages of MPICH's own).
     assert lay["mib"] == TABLE * 4 / 2**20
@@ -160,3 +162,22 @@ def test_kill_9_of_one_node_aborts_the_job_and_resume_recovers(tmp_path, one_ran
     resumed = train(3, 3, "--generations", GENS, "--run-dir", run, "--resume", "auto")
     assert "resuming" in resumed.stdout
     assert sha(run, GENS) == sha(one_rank, GENS)
+
+
+@pytest.mark.slow
+def test_the_users_command_at_64_ranks(tmp_path):
+    """`mpiexec -n 64 python -m nes_mpi` (oversubscribed 32-fold here): completes, one table, 1-rank bits."""
+    args = ["--env", "CartPole-v1", "--population", "128", "--generations", "3", "--eval-every", "0",
+            "--noise-table-size", str(1 << 20), "--check-every", "1"]
+    shas = {}
+    for ranks in (1, 64):
+        run = tmp_path / f"r{ranks}"
+        proc = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "nes_mpi", *args, "--run-dir", str(run)],
+                              capture_output=True, text=True, timeout=900, env=child_env())
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"{ranks} rank(s)" in proc.stdout
+        lay = layout(proc.stdout)
+        assert lay["copies"] == 1 and lay["nodes"] == [list(range(ranks))]
+        assert lay["mib"] <= lay["resident_mib"] < 1.5 * lay["mib"], lay
+        shas[ranks] = sha(run, 3)
+    assert shas[1] == shas[64]
