@@ -481,6 +481,22 @@ def analyse(comp: dict, ag_fit: tuple[float, float], row_bytes: int) -> dict:
             "pass": max(ratios.values()) <= TARGET, "cost_model": table}
 
 
+def with_contention(comp: dict, res: dict, dim: int) -> dict:
+    """The design point when all 64 ranks of the node run the update at once (cost_model.py's contention term):
+    the update replicated on every rank, and node-cooperative as the trainer does it."""
+    import cost_model as cm
+
+    k = cm.measure_kernels()
+    one_stream = POPULATION // 2 * dim * 4 / comp["weighted_sum"]  # this run's weighted sum, alone on a core
+    out = {"node_bytes_per_s": cm.NODE_BW, "one_stream_bytes_per_s": one_stream}
+    for name, coop in (("replicated", False), ("cooperative", True)):
+        u = cm.update_seconds(POPULATION, dim, k, one_stream, coop, comp["tell"] - comp["weighted_sum"])["total"]
+        non = res["non_rollout_s"] - res["non_rollout_parts_s"]["update"] + u
+        out[name] = {"update_s": u, "non_rollout_s": non,
+                     "ratio": non / (res["rollout_s"]["upright_extrapolated"] + non)}
+    return out
+
+
 # ==== the check against the real trainer at 1 and 2 ranks ==============================================
 CHECK_POP = 16
 CHECK_GENS = 3
@@ -609,6 +625,11 @@ def main() -> int:
         f"{max(r['ratio'].values()):.2%} cpu, {max(rw['ratio'].values()):.2%} wall)")
     say(f"  (not counted: evaluation every {EVAL_EVERY} generations, one 1,000-step episode on ranks 0-9 while the "
         f"others wait: {r['eval_amortised_s'] * 1e3:.0f} ms/generation amortised)")
+    contention = with_contention(cc, r, info["dim"])
+    say(f"  with all 64 ranks of the node streaming the update at once (node {contention['node_bytes_per_s'] / 1e9:.0f} GB/s "
+        f"assumed, one stream {contention['one_stream_bytes_per_s'] / 1e9:.1f} GB/s here): replicated update "
+        f"{contention['replicated']['update_s'] * 1e3:.0f} ms -> {contention['replicated']['ratio']:.2%}; node-cooperative "
+        f"(the trainer) {contention['cooperative']['update_s'] * 1e3:.1f} ms -> {contention['cooperative']['ratio']:.2%} (upright)")
     say("")
     say("cost model T(P), population 1,024, CPU-clock components; P <= 2: this node's shared memory, "
         "P >= 64: IB / 10 GbE network:")
@@ -626,6 +647,7 @@ def main() -> int:
         "benchmark": "design_point",
         "command": ".venv/bin/python benchmarks/design_point.py" + (" --quick" if a.quick else ""),
         "machine": machine,
+        "contention": contention,
         "design_point": {"env": ENV, "hidden_sizes": list(HIDDEN), "dim": info["dim"], "obs_dim": od,
                          "act_dim": info["act_dim"], "population": POPULATION, "ranks": RANKS, "members_per_rank": m,
                          "noise_table_size": TABLE, "episode_steps": EPISODE_STEPS, "check_every": CHECK_EVERY,
