@@ -96,7 +96,6 @@ def _train(config, options: dict, comm, resume, force, stop) -> TrainSummary:
     except BaseException:
         trainer.close_envs()  # not close(): freeing the shared noise is collective, and setup failed somewhere
         raise
-    from .comm import DivergedError
     from .signals import EXIT_INTERRUPTED
     from .trainer import StopFailed
 

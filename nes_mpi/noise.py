@@ -65,15 +65,24 @@ class NoiseTable:
         slices for one BLAS call was several times slower. The order of accumulation
         depends only on the inputs, so every rank obtains the same bits.
         """
-        weights = np.asarray(weights, dtype=np.float32)
         out = np.zeros(dim, dtype=np.float32)
-        tmp = np.empty(dim, dtype=np.float32)
+        self.weighted_sum_part(weights, offsets, 0, dim, out, squared)
+        return out.astype(np.float64)
+
+    def weighted_sum_part(self, weights: np.ndarray, offsets: np.ndarray, lo: int, hi: int, out: np.ndarray,
+                          squared: bool = False) -> None:
+        """Elements lo..hi of the weighted sum into `out` (float32, length hi - lo, zeroed by the caller).
+
+        Each element is summed over the directions in the same order whatever the range,
+        so ranges computed apart and put together give the same bits as the whole.
+        """
+        weights = np.asarray(weights, dtype=np.float32)
+        tmp = np.empty(hi - lo, dtype=np.float32)
         table = self.table
         for k, o in enumerate(offsets.tolist()):
             if squared:
-                np.square(table[o : o + dim], out=tmp)
+                np.square(table[o + lo : o + hi], out=tmp)
                 tmp *= weights[k]
             else:
-                np.multiply(table[o : o + dim], weights[k], out=tmp)
+                np.multiply(table[o + lo : o + hi], weights[k], out=tmp)
             out += tmp
-        return out.astype(np.float64)

@@ -24,10 +24,9 @@ from .checkpoint import TrainState
 from .comm import SharedNoise, StopChannel, check_identical, gather_rows, member_range
 from .config import SAFE_ON_RESUME, Config, ConfigError, strategy_options
 from .envs import make_env
-from .noise import NoiseTable
 from .obs_norm import ObsNorm
 from .policy import BatchPolicy, PolicySpec, initial_params, spec_for
-from .rollout import episode_seed, obs_count, rollout
+from .rollout import RolloutResult, episode_seed, obs_count, rollout
 from .runlog import RunLog, console_line
 from .signals import EXIT_PREEMPTED, StopRequest
 from .status import write_status
@@ -48,6 +47,67 @@ class GenerationAbandoned(Exception):
 def say(comm, *args, file=None):
     if comm.rank == 0:
         print(*args, file=file or sys.stdout, flush=True)
+
+
+def noise_layout_line(lay: dict) -> str:
+    """One console line on where the noise table lives: one copy per node is the design."""
+    mib = lay["table_bytes"] / 2**20
+    res = "" if lay["resident_bytes"] is None else f"; resident {lay['resident_bytes'] / 2**20:.1f} MiB summed over ranks"
+    nodes = " | ".join(rank_list(r) for r in lay["node_ranks"])
+    n = len(lay["owners"])
+    return (f"nes_mpi: noise table: {n} {'copy' if n == 1 else 'copies'} of {mib:.1f} MiB on {len(lay['node_ranks'])} node(s) "
+            f"(ranks {nodes}; owners {rank_list(lay['owners'])}{res})"
+            + ("; update summed by each node's ranks together" if lay["update_split"] else ""))
+
+
+def rank_list(ranks: list[int]) -> str:
+    """Ranks as compact runs: [0, 1, 2, 5] -> '0-2,5'."""
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+# The Allgatherv row of one member: these scalars, then its observation sums and sums of squares.
+ROW_FITNESS, ROW_RETURN, ROW_STEPS, ROW_FAILED, ROW_OBS_COUNT, ROW_ROLLOUT_SECONDS = range(6)
+ROW_SCALARS = 6
+
+
+def row_doubles(obs_dim: int) -> int:
+    return ROW_SCALARS + 2 * obs_dim
+
+
+def pack_rows(res: RolloutResult, rollout_seconds: float) -> np.ndarray:
+    """This rank's members as Allgatherv rows; each carries the rank's rollout time, for the idle fraction."""
+    od = res.obs_sum.shape[1]
+    local = np.empty((len(res.fitness), row_doubles(od)))
+    local[:, ROW_FITNESS] = res.fitness
+    local[:, ROW_RETURN] = res.returns
+    local[:, ROW_STEPS] = res.steps
+    local[:, ROW_FAILED] = res.failed
+    local[:, ROW_OBS_COUNT] = obs_count(res)
+    local[:, ROW_ROLLOUT_SECONDS] = rollout_seconds
+    local[:, ROW_SCALARS : ROW_SCALARS + od] = res.obs_sum
+    local[:, ROW_SCALARS + od :] = res.obs_sumsq
+    return local
+
+
+def pooled_obs(full: np.ndarray, obs_dim: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The whole population's observation count, sum and sum of squares (the same bits on every rank)."""
+    lo = ROW_SCALARS
+    return (int(full[:, ROW_OBS_COUNT].sum()), full[:, lo : lo + obs_dim].sum(axis=0),
+            full[:, lo + obs_dim :].sum(axis=0))
+
+
+def idle_fraction(rollout_seconds: np.ndarray, n_ranks: int) -> float:
+    """1 - mean/max of the ranks' rollout times: the share of rollout time spent waiting for the slowest rank."""
+    n = len(rollout_seconds)
+    per_rank = rollout_seconds[[member_range(n, n_ranks, r).start for r in range(n_ranks)]]
+    slowest = per_rank.max()
+    return float(1 - per_rank.mean() / slowest) if slowest > 0 else 0.0
 
 
 @dataclass
@@ -130,7 +190,8 @@ class Trainer:
     def setup_numerics(self):
         cfg, comm = self.cfg, self.comm
         self.shared_noise = SharedNoise(comm, cfg.noise_table_size, cfg.seed)
-        self.noise = NoiseTable(self.shared_noise.table, cfg.seed)
+        self.noise = self.shared_noise.noise_table(cfg.seed, self.dim)
+        say(comm, noise_layout_line(self.shared_noise.layout(comm)))
         try:
             self.strategy = make_strategy(cfg, self.noise, self.dim)
         except ValueError as e:
@@ -206,25 +267,18 @@ class Trainer:
         params = self.strategy.ask(self.sstate, g, members)
         seeds = [[episode_seed(cfg.seed, g, m, e) for e in range(cfg.episodes_per_member)] for m in members]
         mean, std = self.obs_norm.mean_std()
+        t_roll = time.perf_counter()
         res = rollout(self.envs[: len(members)], self.max_steps, self.policy, params, seeds, mean, std,
                       self.obs_norm.clip, cfg.survival_bonus, collect_obs=cfg.obs_norm, poll=self.channel.poll)
+        t_roll = time.perf_counter() - t_roll
         if self.channel.agree():  # every rank, whether its rollout finished or was cut short by a stop
             raise GenerationAbandoned
         for slot, msg in res.errors:
             print(f"nes_mpi: rank {self.comm.rank}: generation {g} member {members[slot]}: {msg}", file=sys.stderr, flush=True)
-        od = self.spec.obs_dim
-        local = np.empty((len(members), 5 + 2 * od))
-        local[:, 0] = res.fitness
-        local[:, 1] = res.returns
-        local[:, 2] = res.steps
-        local[:, 3] = res.failed
-        local[:, 4] = obs_count(res)
-        local[:, 5 : 5 + od] = res.obs_sum
-        local[:, 5 + od :] = res.obs_sumsq
-        full = gather_rows(self.comm, local, cfg.population)
-        fitness, returns, steps = full[:, 0], full[:, 1], full[:, 2]
+        full = gather_rows(self.comm, pack_rows(res, t_roll), cfg.population)
+        fitness, returns, steps = full[:, ROW_FITNESS], full[:, ROW_RETURN], full[:, ROW_STEPS]
         if cfg.obs_norm:
-            self.obs_norm.update(int(full[:, 4].sum()), full[:, 5 : 5 + od].sum(axis=0), full[:, 5 + od :].sum(axis=0))
+            self.obs_norm.update(*pooled_obs(full, self.spec.obs_dim))
         self.sstate, info = self.strategy.tell(self.sstate, g, fitness)
         self.generation = g + 1
         gen_steps = int(steps.sum())
@@ -239,6 +293,7 @@ class Trainer:
             "failed_members": info.n_failed, "grad_norm": info.grad_norm, "update_norm": info.update_norm,
             "sigma_mean": info.sigma_mean,
             "param_norm": float(np.linalg.norm(self.theta)), "_steps": gen_steps,
+            "idle_fraction": idle_fraction(full[:, ROW_ROLLOUT_SECONDS], self.comm.size),
         }
 
     # ---- checkpoints ------------------------------------------------------------------------

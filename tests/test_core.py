@@ -61,6 +61,24 @@ def test_weighted_sum_matches_dense_computation():
     np.testing.assert_allclose(got, dense, rtol=1e-5, atol=1e-5)
 
 
+def test_weighted_sum_in_parts_has_the_bits_of_the_whole():
+    """The node-cooperative update sums ranges of the dimensions on different ranks: any split, same bits."""
+    t = NoiseTable(make_table(1 << 18, 4), 4)
+    dim = 1001
+    offsets = t.offsets(2, 40, dim)
+    w = np.random.default_rng(1).standard_normal(40)
+    for squared in (False, True):
+        whole = t.weighted_sum(w, offsets, dim, squared)
+        for cuts in ([0, dim], [0, 1, dim], [0, 334, 668, dim], [0, 500, 501, 999, dim]):
+            parts = []
+            for lo, hi in zip(cuts[:-1], cuts[1:]):
+                out = np.zeros(hi - lo, dtype=np.float32)
+                t.weighted_sum_part(w, offsets, lo, hi, out, squared)
+                parts.append(out)
+            assert np.concatenate(parts).astype(np.float64).tobytes() == whole.tobytes()
+
+
+
 TABLE = NoiseTable(make_table(1 << 18, 0), 0)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT, info, nes
 from nes_mpi import checkpoint as ckpt
+from nes_mpi.runlog import TIMING
 
 pytestmark = pytest.mark.mpi
 
@@ -28,8 +29,7 @@ def full_state(path) -> dict:
     out = {"params": s.params, "counters": np.array([s.generation, s.timesteps, s.episodes])}
     out.update({f"strategy/{k}": np.asarray(v) for k, v in s.strategy.items()})
     out.update({f"obs_norm/{k}": np.asarray(v) for k, v in s.obs_norm.items()})
-    out.update({f"history/{k}": np.asarray(v) for k, v in s.history.items() if k not in ("gen_seconds", "steps_per_s",
-                                                                                          "wall_seconds")})
+    out.update({f"history/{k}": np.asarray(v) for k, v in s.history.items() if k not in TIMING})
     return out
 
 
