@@ -4,6 +4,7 @@ The Python API is imported on first use, so `import nes_mpi` stays light (no
 mpi4py, torch or gymnasium until a name below is touched):
 
     nes_mpi.train(config, comm=None, resume=None, **options) -> TrainSummary
+    nes_mpi.load_policy(checkpoint, env=None) -> TrainedPolicy: policy(obs) -> action
     nes_mpi.Config, nes_mpi.ConfigError, nes_mpi.CheckpointError, nes_mpi.TrainingError
 """
 
@@ -14,6 +15,7 @@ _LAZY = {
     "train": "api", "TrainSummary": "api", "TrainingError": "api",
     "Config": "config", "ConfigError": "config",
     "CheckpointError": "checkpoint",
+    "load_policy": "trained_policy", "TrainedPolicy": "trained_policy",
 }
 
 __all__ = ["__version__", *_LAZY]

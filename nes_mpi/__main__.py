@@ -1,4 +1,4 @@
-"""Command line: `python -m nes_mpi [train] ...`, `info`, `eval`, `plot`, `status`."""
+"""Command line: `python -m nes_mpi [train] ...`, `info`, `eval`, `plot`, `export`, `status`."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,7 @@ import argparse  # noqa: E402
 
 from .config import ConfigError, add_config_arguments  # noqa: E402
 
-SUBCOMMANDS = ("train", "info", "eval", "plot", "status")
+SUBCOMMANDS = ("train", "info", "eval", "plot", "export", "status")
 EXIT_BAD_INPUT = 2
 
 
@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a policy (default)",
         description="Train a policy with NES. With no options it trains the default MuJoCo task.",
         epilog="other subcommands: info CKPT [--json] | eval CKPT [--episodes N] [--render out.mp4] | "
-               "plot RUN_DIR [...] -o curves.png | status RUN_DIR. Exit codes: 0 done, 2 bad input, 75 stopped by a signal "
+               "plot RUN_DIR [...] -o curves.png | export CKPT -o policy.pt|policy.onnx | status RUN_DIR. "
+               "Exit codes: 0 done, 2 bad input, 75 stopped by a signal "
                "after writing a checkpoint (submit again with --resume auto), 1 error.")
     train.add_argument("--config", metavar="TOML", help="read options from a TOML file, or a preset name from nes_mpi/presets (command line wins)")
     train.add_argument("--resume", metavar="auto|PATH",
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--render-episodes", type=int, default=1, help="episodes to put in the video")
     ev.add_argument("--fps", type=int, default=0, help="video frame rate (default: the env's)")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    export = sub.add_parser("export", help="write a checkpoint's policy as TorchScript (.pt) or ONNX (.onnx)",
+                            description="Write the policy, observation normalisation included, as a standalone file "
+                                        "taking raw float32 observations of shape (batch, obs_dim).")
+    export.add_argument("checkpoint")
+    export.add_argument("-o", "--output", required=True, metavar="POLICY.pt|POLICY.onnx")
 
     plot = sub.add_parser("plot", help="plot learning curves of one or more run directories")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -104,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             from .evaluate import run_eval
             return run_eval(args)
+        if args.command == "export":
+            from .export import run_export
+            return run_export(args)
         if args.command == "plot":
             from .plot import run_plot
             return run_plot(args)

@@ -73,7 +73,7 @@ def train(config: Config | dict | str | os.PathLike | None = None, comm=None, *,
 def _train(config, options: dict, comm, resume, force, stop) -> TrainSummary:
     from mpi4py import MPI
 
-    from .comm import abort, slurm_world_mismatch
+    from .comm import DivergedError, abort, slurm_world_mismatch
     from .signals import EXIT_PREEMPTED
     from .trainer import Setup, Trainer, resolve_config, say
 
@@ -89,12 +89,12 @@ def _train(config, options: dict, comm, resume, force, stop) -> TrainSummary:
     if setup.state is None and resume == "auto":
         say(comm, f"nes_mpi: no checkpoint in {setup.cfg.run_dir}: starting a new run")
     trainer: Trainer = agree(comm, lambda: Trainer(comm, setup))
+    if setup.state is None and "env" not in over:
+        say(comm, f"nes_mpi: training the default task {setup.cfg.env} (choose another with --env)")
     try:
-        if setup.state is None and "env" not in over:
-            say(comm, f"nes_mpi: training the default task {setup.cfg.env} (choose another with --env)")
         agree(comm, trainer.setup_numerics)
     except BaseException:
-        trainer.close_envs()
+        trainer.close_envs()  # not close(): freeing the shared noise is collective, and setup failed somewhere
         raise
     from .comm import DivergedError
     from .signals import EXIT_INTERRUPTED

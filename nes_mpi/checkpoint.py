@@ -1,7 +1,7 @@
 """HDF5 checkpoints: the complete state of a run, written atomically.
 
 Schema (version 1) -- see README "Checkpoint format":
-  /            attrs  format, schema_version, generation, timesteps, episodes, wall_seconds,
+  /            attrs  format, schema_version, env_id, generation, timesteps, episodes, wall_seconds,
                       eval_return, best_eval_return, params_sha256, config (JSON), policy (JSON),
                       versions (JSON), created, hostname, n_ranks
   /params      float32 (num_params,)    the mean of the search distribution

@@ -107,7 +107,7 @@ class StopChannel:
         req = self.comm.Iallreduce(mine, out, op=MPI.MAX)
         while not req.Test():
             self.poll()  # a signal reaching a waiting rank is passed on at once
-            time.sleep(0.0002)
+            time.sleep(0.0002)  # waiting ranks leave the cores to the ranks still stepping
         return bool(out[0])
 
     def reason(self) -> str:

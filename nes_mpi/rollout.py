@@ -42,15 +42,17 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
             survival_bonus: float = 0.0, collect_obs: bool = True, poll=None) -> RolloutResult | None:
     """Run len(seeds) members (row b of `params`, episodes seeded by seeds[b]) in lockstep.
 
+    The policy sees clip((obs - obs_mean) / obs_std, -obs_clip, obs_clip); obs_clip = inf skips the clip.
     `poll()` is called between lockstep steps, once POLL_SECONDS have passed since the last call;
     when it returns True the rollout is abandoned and None returned (a stop was requested: the
-    generation's work is dropped). Reading the clock once per step costs tens of nanoseconds.
+    generation's work is dropped). Reading the clock once per step costs a fraction of a microsecond.
     """
     n = len(seeds)
     policy.load(params)
     discrete = policy.spec.discrete
     obs_dim = obs_mean.shape[0]
     inv_std = (1.0 / obs_std).astype(np.float32)
+    clip = math.isfinite(obs_clip)  # inf: raw observations (normalisation off), not even clipped
     lo, hi = np.float32(-obs_clip), np.float32(obs_clip)
     step_fn = [e.step for e in envs[:n]]
     zero = np.zeros(obs_dim, dtype=np.float32)
@@ -107,7 +109,8 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
         x = x_all[active] if compact else x_all
         x -= obs_mean
         x *= inv_std
-        np.clip(x, lo, hi, out=x)
+        if clip:
+            np.clip(x, lo, hi, out=x)
         actions = policy(x)
         # python ints for Discrete (gymnasium's check is fastest on them), row views for Box
         rows_out = actions.tolist() if discrete else list(actions)
@@ -140,6 +143,7 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
             k = ep_steps[b] = ep_steps[b] + 1
             if terminated or truncated or k >= max_steps:
                 steps[b] += k
+                ep_steps[b] = 0  # counted in steps now; a later failure must not add it again
                 total_return[b] += ep_return[b]
                 episode[b] += 1
                 if episode[b] < n_episodes[b] and reset(b):

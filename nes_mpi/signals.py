@@ -7,8 +7,8 @@ the whole job. The handlers are installed first thing in `python -m nes_mpi`
 and stay until the process ends (see `settle`), so no signal in start-up or
 teardown kills a rank.
 
-Ctrl-C at a terminal reaches each rank twice within milliseconds (the terminal's
-process group and mpiexec's forwarding): a SIGINT within SIGINT_REPEAT_WINDOW
+Ctrl-C at a terminal can reach a rank twice within milliseconds (the terminal's
+process group and the launcher's forwarding): a SIGINT within SIGINT_REPEAT_WINDOW
 seconds of the first is the same request. A later, deliberate second Ctrl-C
 raises KeyboardInterrupt, which the trainer turns into an abort with EXIT_INTERRUPTED.
 """
@@ -27,7 +27,6 @@ class StopRequest:
     def __init__(self):
         self.signal_name: str | None = None
         self.first_sigint: float | None = None
-        self.interrupts = True  # False once the outcome is decided: then every signal is only recorded
 
     def install(self) -> "StopRequest":
         """Install the handlers for the rest of the process (a late signal during teardown must not kill)."""
@@ -40,15 +39,10 @@ class StopRequest:
             now = time.monotonic()
             if self.first_sigint is None:
                 self.first_sigint = now
-            elif self.interrupts and now - self.first_sigint > SIGINT_REPEAT_WINDOW:
+            elif now - self.first_sigint > SIGINT_REPEAT_WINDOW:
                 raise KeyboardInterrupt
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
-
-    def request(self, why: str) -> None:
-        """Record a stop asked for by another rank (so that it is reported, and a later signal is a repeat)."""
-        if self.signal_name is None:
-            self.signal_name = why
 
     @property
     def requested(self) -> bool:
@@ -61,7 +55,6 @@ class StopRequest:
         interpreter finalizes, before MPI_Finalize runs; SIG_IGN survives that, so a signal landing
         in the last milliseconds of a finished run cannot turn its exit code into a death by signal.
         """
-        self.interrupts = False
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
 

@@ -145,7 +145,7 @@ class Trainer:
             self.wall_seconds = s.wall_seconds
             self.eval_return, self.best_eval_return = s.eval_return, s.best_eval_return
             history = s.history
-        self.log = RunLog(self.run_dir, history, active=comm.rank == 0)
+        self.log = RunLog(self.run_dir, history, active=comm.rank == 0, tensorboard=cfg.tensorboard)
         if comm.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
@@ -161,7 +161,7 @@ class Trainer:
             mean, std = self.obs_norm.mean_std()
             params = np.repeat(self.theta[None, :], len(slots), axis=0)
             res = rollout(self.envs[: len(slots)], self.max_steps, self.policy, params, seeds, mean, std,
-                          cfg.obs_clip, collect_obs=False, poll=self.channel.poll)
+                          self.obs_norm.clip, collect_obs=False, poll=self.channel.poll)
             if res is not None:
                 mine[:, 0] = res.returns
                 mine[:, 1] = res.steps
@@ -177,7 +177,7 @@ class Trainer:
         seeds = [[episode_seed(cfg.seed, g, m, e) for e in range(cfg.episodes_per_member)] for m in members]
         mean, std = self.obs_norm.mean_std()
         res = rollout(self.envs[: len(members)], self.max_steps, self.policy, params, seeds, mean, std,
-                      cfg.obs_clip, cfg.survival_bonus, collect_obs=cfg.obs_norm, poll=self.channel.poll)
+                      self.obs_norm.clip, cfg.survival_bonus, collect_obs=cfg.obs_norm, poll=self.channel.poll)
         if self.channel.agree():  # every rank, whether its rollout finished or was cut short by a stop
             raise GenerationAbandoned
         for slot, msg in res.errors:

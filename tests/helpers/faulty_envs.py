@@ -68,11 +68,12 @@ gym.register(id="PointEnv-v0", entry_point="faulty_envs:PointEnv", max_episode_s
 
 
 class NanObsOnSeed(PointEnv):
-    """A NaN observation at step 5 of the episode reset with `bad_seed`, and only that one."""
+    """A NaN (or `value`) observation at step 5 of the episode reset with `bad_seed`, and only that one."""
 
-    def __init__(self, bad_seed: int = 7):
+    def __init__(self, bad_seed: int = 7, value: float = np.nan):
         super().__init__()
         self.bad_seed = bad_seed
+        self.value = value
         self.seed_now = None
 
     def reset(self, *, seed=None, options=None):
@@ -83,8 +84,33 @@ class NanObsOnSeed(PointEnv):
         obs, r, term, trunc, info = super().step(action)
         if self.seed_now == self.bad_seed and self.t == 5:
             obs = obs.copy()
-            obs[0] = np.nan
+            obs[0] = self.value
         return obs, r, term, trunc, info
+
+
+class RaiseOnResetSeed(PointEnv):
+    """reset() raises for `bad_seed`: a member fails between two episodes."""
+
+    def __init__(self, bad_seed: int = 9):
+        super().__init__()
+        self.bad_seed = bad_seed
+
+    def reset(self, *, seed=None, options=None):
+        if seed == self.bad_seed:
+            raise RuntimeError("reset exploded")
+        return super().reset(seed=seed, options=options)
+
+
+class LargeObsPointEnv(PointEnv):
+    """PointEnv observed in centimetres: observations far outside the +-5 clip of normalised ones."""
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        return 100.0 * obs, info
+
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        return 100.0 * obs, r, term, trunc, info
 
 
 class SlowPointEnv(PointEnv):
