@@ -202,6 +202,17 @@ start_munged() {
         die "munge round trip failed"
 }
 
+# wait_for_quietly SECONDS CMD...: poll CMD (output discarded) every second; 1 on timeout.
+wait_for_quietly() {
+    local secs=$1 i
+    shift
+    for ((i = 0; i < secs; i++)); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    return 1
+}
+
 # wait_for WHAT SECONDS CMD...: poll CMD every 0.2 s.
 wait_for() {
     local what=$1 secs=$2 i
@@ -278,6 +289,14 @@ cmd_start() {
         sinfo -N -l >&2 || true
         for n in "${NODES[@]}"; do tail -n 20 "$DIR/log/slurmd.$n.log" >&2 || true; done
         die "nodes ${NODES[*]} are not all idle after ${START_TIMEOUT}s"
+    fi
+    # The scheduler must also accept a job on both nodes (once, sbatch refused every job
+    # with "Requested node configuration is not available" although sinfo said idle).
+    if ! wait_for_quietly 60 sbatch --test-only -N "${#NODES[@]}" --ntasks-per-node=1 --wrap true; then
+        sinfo -N -l >&2 || true
+        scontrol show nodes >&2 || true
+        tail -n 30 "$DIR/log/slurmctld.log" >&2 || true
+        die "the scheduler does not accept a job on nodes ${NODES[*]}"
     fi
     log "up: nodes ${NODES[*]} on $HOST; export SLURM_CONF=$CONF"
 }
