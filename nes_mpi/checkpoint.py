@@ -1,14 +1,18 @@
 """HDF5 checkpoints: the complete state of a run, written atomically.
 
-Schema (version 1) -- see README "Checkpoint format":
+Schema (version 2) -- see README "Checkpoint format":
   /            attrs  format, schema_version, env_id, generation, timesteps, episodes, wall_seconds,
                       eval_return, best_eval_return, params_sha256, config (JSON), policy (JSON),
                       versions (JSON), created, hostname, n_ranks
   /params      float32 (num_params,)    the mean of the search distribution
-  /optimizer   attrs name, t; datasets of the optimizer's moments (adam: m, v; sgd/clipup: v)
+  /strategy    attrs name; one dataset per entry of the strategy's state other than the mean
+               (opt_t, opt_m, opt_v: the optimizer; sigma: snes/pgpe per-parameter sigma)
   /obs_norm    count (int64), sum, sumsq (float64, obs_dim)
   /noise       attrs seed, table_size, dtype, chunk, generator
   /history     one 1-D dataset per logged column, one entry per logged generation
+
+Version 1 files (before strategies: /optimizer with attrs name, t and datasets m, v) are
+read as the openai strategy, their optimizer state becoming opt_t, opt_m, opt_v.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ import numpy as np
 from . import noise
 
 FORMAT = "nes_mpi-checkpoint"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.h5$")
 
 
@@ -39,7 +44,7 @@ class CheckpointError(RuntimeError):
 @dataclass
 class TrainState:
     params: np.ndarray
-    optimizer: dict
+    strategy: dict  # the strategy's state without the mean (which is params): name -> array
     obs_norm: dict
     generation: int
     timesteps: int
@@ -133,13 +138,10 @@ def save(state: TrainState, path) -> Path:
             a["n_ranks"] = int(state.n_ranks)
             a["env_id"] = cfg.get("env", "")
             f.create_dataset("params", data=np.asarray(state.params, dtype=np.float32))
-            g = f.create_group("optimizer")
-            g.attrs["name"] = cfg.get("optimizer", "")
-            for k, v in state.optimizer.items():
-                if k == "t":
-                    g.attrs["t"] = int(v)
-                else:
-                    g.create_dataset(k, data=v)
+            g = f.create_group("strategy")
+            g.attrs["name"] = cfg.get("strategy", "")
+            for k, v in state.strategy.items():
+                g.create_dataset(k, data=np.asarray(v))
             g = f.create_group("obs_norm")
             for k, v in state.obs_norm.items():
                 g.create_dataset(k, data=v)
@@ -179,14 +181,13 @@ def load(path, verify: bool = True) -> TrainState:
             if a.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is an HDF5 file but not an nes_mpi checkpoint")
             version = int(a.get("schema_version", -1))
-            if version != SCHEMA_VERSION:
-                raise CheckpointError(f"{path} has checkpoint schema version {version}; this nes_mpi reads version {SCHEMA_VERSION}")
+            if version not in READABLE_VERSIONS:
+                raise CheckpointError(f"{path} has checkpoint schema version {version}; this nes_mpi reads versions "
+                                      f"{', '.join(map(str, READABLE_VERSIONS))}")
             params = f["params"][()]
-            opt = {k: f["optimizer"][k][()] for k in f["optimizer"]}
-            opt["t"] = int(f["optimizer"].attrs["t"])
             state = TrainState(
                 params=params,
-                optimizer=opt,
+                strategy=_strategy_state(f, version),
                 obs_norm={k: f["obs_norm"][k][()] for k in f["obs_norm"]},
                 generation=int(a["generation"]), timesteps=int(a["timesteps"]), episodes=int(a["episodes"]),
                 wall_seconds=float(a["wall_seconds"]), eval_return=float(a["eval_return"]),
@@ -204,6 +205,13 @@ def load(path, verify: bool = True) -> TrainState:
     if verify and params_sha256(state.params) != stored_sha:
         raise CheckpointError(f"{path} failed its checksum: the stored parameters are corrupted")
     return state
+
+
+def _strategy_state(f: h5py.File, version: int) -> dict:
+    if version == 1:  # the openai strategy's optimizer, stored as /optimizer with t an attribute
+        g = f["optimizer"]
+        return {"opt_t": np.int64(g.attrs["t"]), **{f"opt_{k}": g[k][()] for k in g}}
+    return {k: f["strategy"][k][()] for k in f["strategy"]}
 
 
 def _short(e: Exception) -> str:
