@@ -135,6 +135,25 @@ nes_on_term() {
     fi
 }
 
+# nes_check_nodes: a multi-node run needs its run directory and interpreter on
+# storage every node sees; one task per node checks, and the job stops with one
+# line naming the nodes where they are not usable.
+nes_check_nodes() {
+    local nodes=${SLURM_JOB_NUM_NODES:-1} python report bad
+    ((nodes > 1)) || return 0
+    python=$(command -v "$NES_PYTHON") || python=$NES_PYTHON
+    # shellcheck disable=SC2016 # expanded by the bash on each node
+    report=$(srun --nodes="$nodes" --ntasks="$nodes" --ntasks-per-node=1 --mpi=none --kill-on-bad-exit=0 \
+        bash -c 's=bad; [[ -d $1 && -w $1 ]] && "$2" -c "import nes_mpi" 2>/dev/null && s=ok; echo "$s ${SLURMD_NODENAME:-$(hostname)}"' \
+        _ "$NES_RUN_DIR" "$python")
+    bad=$(grep -v '^ok ' <<<"$report" | sed 's/^bad //' | tr '\n' ' ')
+    if [[ $(grep -c '^ok ' <<<"$report") -ne $nodes ]]; then
+        nes_log "error: run dir $NES_RUN_DIR or interpreter $python (with nes_mpi) not usable on" \
+            "${bad:-some nodes}: a multi-node run needs both on storage that every node sees"
+        exit 2
+    fi
+}
+
 # ------------------------------------------------------------ the run
 # nes_train ARG...: run the trainer on all tasks of this job with ARG... added to
 # the common options, then requeue the job if the run is unfinished and was
@@ -184,6 +203,7 @@ nes_train() {
     trap 'nes_on_usr1' USR1
     trap 'nes_on_term' TERM
 
+    nes_check_nodes
     nes_shm_clean_job
     "${cmd[@]}" &
     NES_PID=$!

@@ -1,4 +1,4 @@
-"""A real single-node SLURM for the tests marked `slurm` (tests/slurm/cluster.sh).
+"""A real two-node SLURM on this machine for the tests marked `slurm` (tests/slurm/cluster.sh).
 
 The `slurm_cluster` fixture starts munged, slurmctld and slurmd once per session
 (installing the Debian packages first if they are missing), points SLURM_CONF at

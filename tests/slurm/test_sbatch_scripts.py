@@ -78,6 +78,7 @@ LAUNCHER_STUB = r"""#!/bin/bash
 printf '%s %s\n' "$(basename "$0")" "$*" >>"$STUB_LOG"
 for f in ${STUB_SHM_WATCH:-}; do [[ -e $f ]] && echo "at launch: $f" >>"$STUB_LOG"; done
 for f in ${STUB_SHM_NEW:-}; do : >"$f" && touch -d '-1 min' "$f"; done  # segments "our ranks" leave
+if [[ $* == *--mpi=none* ]]; then printf '%b' "${STUB_NODE_REPORT:-}"; exit 0; fi  # the per-node check
 case ${STUB_MODE:-exit} in
     exit) exit "${STUB_RC:-0}" ;;
     wait)
@@ -383,3 +384,18 @@ def test_spooled_copy_finds_common_sh(stubs, how):
     else:
         assert rc == 0, out
         assert calls[0].startswith("srun --mpi=pmi2 "), calls
+
+
+# ------------------------------------------------ multi-node: run dir and interpreter on every node
+@pytest.mark.parametrize("report,ok", [("ok n1\\nok n2\\n", True), ("ok n1\\nbad n2\\n", False), ("", False)],
+                         ids=["both", "n2-bad", "srun-failed"])
+def test_multinode_checks_every_node(stubs, report, ok):
+    rc, calls, out = stubs("train_multinode.sbatch", STUB_RC=0, SLURM_JOB_NUM_NODES=2, STUB_NODE_REPORT=report)
+    assert calls[0].startswith("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --mpi=none "), calls
+    if ok:
+        assert rc == 0 and calls[1].startswith("srun --mpi=pmi2 "), (calls, out)
+    else:
+        assert rc == 2 and len(calls) == 1, (calls, out)
+        lines = [ln for ln in out.splitlines() if "error:" in ln]
+        assert len(lines) == 1 and "not usable on" in lines[0], out
+        assert ("on n2 :" in lines[0]) == (report != ""), lines

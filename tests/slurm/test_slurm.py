@@ -49,9 +49,9 @@ LONG = {"NES_ENV": "HalfCheetah-v5", "NES_GENERATIONS": "3", "NES_POPULATION": "
 
 
 # ---------------------------------------------------------------- helpers
-def sh(*cmd: str, check: bool = True, cwd=None) -> str:
+def sh(*cmd: str, check: bool = True, cwd=None, timeout: float = 60) -> str:
     p = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       cwd=cwd, timeout=60)
+                       cwd=cwd, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}")
     return p.stdout
@@ -387,3 +387,26 @@ def test_scancel_during_a_long_generation_leaves_a_checkpoint(slurm_cluster, tmp
     assert sorted(checkpoints(run_dir)) == [last_generation(run_dir)], out
     assert "abandoned after" in out and "not requeueing" in out, out
     assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
+
+
+def test_multinode_two_nodes_bitwise_equal_to_one_rank(slurm_cluster, tmp_path):
+    """The test cluster's two nodes (two slurmd on this host, tests/slurm/cluster.sh):
+    `srun -N2 --mpi=pmi2` gives MPICH two node-local groups, and train_multinode.sbatch
+    with -N2 --ntasks-per-node=2 (after its per-node check of the run dir and the
+    interpreter) completes with parameters bitwise equal to a 1-rank run."""
+    probe = ("from mpi4py import MPI; import os; w = MPI.COMM_WORLD; "
+             "print(w.rank, w.Split_type(MPI.COMM_TYPE_SHARED).size, os.environ['SLURMD_NODENAME'])")
+    out = sh("srun", "-N2", "--ntasks-per-node=2", "--mpi=pmi2", PYTHON, "-c", probe, cwd=tmp_path, timeout=120)
+    rows = sorted(tuple(ln.split()) for ln in out.splitlines() if ln[:1].isdigit())
+    assert rows == [("0", "2", "n1"), ("1", "2", "n1"), ("2", "2", "n2"), ("3", "2", "n2")], out
+    run_dir = tmp_path / "run"
+    settings = {**SMALL, "NES_SEED": "7", "NES_RUN_DIR": str(run_dir)}
+    jobid = sbatch("train_multinode.sbatch", tmp_path, settings, "-N2", "--ntasks-per-node=2")
+    assert_state(wait_done(jobid, tmp_path)[0], "COMPLETED", "0:0", tmp_path)
+    meta = final_info(run_dir, int(SMALL["NES_GENERATIONS"]), tmp_path)
+    assert meta["n_ranks"] == 4 and "on n[1-2], 4 tasks" in outputs(tmp_path)
+    one = tmp_path / "one"
+    sh(PYTHON, "-m", "nes_mpi", "--env", "CartPole-v1", "--generations", SMALL["NES_GENERATIONS"],
+       "--population", SMALL["NES_POPULATION"], "--seed", "7", "--checkpoint-every", SMALL["NES_CHECKPOINT_EVERY"],
+       "--run-dir", str(one), timeout=300)
+    assert meta["params_sha256"] == final_info(one, int(SMALL["NES_GENERATIONS"]), tmp_path)["params_sha256"]
