@@ -104,7 +104,19 @@ stop_daemon() {
     rm -f "$pidfile"
 }
 
-NODES=(n1 n2)
+# NES_SLURM_NODES=2 starts two slurmd (n1, n2) on this host for the multi-node test; the default
+# is one node, which `make test-slurm` uses (two-node starts were refused intermittently here:
+# every sbatch got "Requested node configuration is not available" although sinfo said idle).
+NODES=()
+for ((_i = 1; _i <= ${NES_SLURM_NODES:-1}; _i++)); do NODES+=("n$_i"); done
+
+# node_lines: one NodeName line per node, each slurmd on its own port.
+node_lines() {
+    local i
+    for ((i = 0; i < ${#NODES[@]}; i++)); do
+        echo "NodeName=${NODES[i]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((SLURMD_PORT + i)) CPUs=$ncpu State=UNKNOWN"
+    done
+}
 
 # node_state NODE
 node_state() {
@@ -167,8 +179,7 @@ InactiveLimit=0
 SchedulerParameters=sched_interval=5
 # Two nodes on this one host: each slurmd is started with -N NAME, listens on its own
 # port and keeps its own spool/pid/log (%n); config_overrides lets both claim the CPUs.
-NodeName=${NODES[0]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD_PORT CPUs=$ncpu State=UNKNOWN
-NodeName=${NODES[1]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((SLURMD_PORT + 1)) CPUs=$ncpu State=UNKNOWN
+$(node_lines)
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
 }

@@ -1,0 +1,74 @@
+"""Learning results over seeds: one row per (preset, strategy) from the learning_*.json files.
+
+    python benchmarks/seeds.py            # after benchmarks/learning.py PRESET --seed S [--strategy X] --name ...
+
+Reads benchmarks/results/learning_<preset>[-<strategy>]-seed<S>.json, prints a markdown table with
+the median and range over seeds of the timesteps at which each target was first reached (a
+target counts as met when the median meets it: at least half the seeds reach it within the
+budget), writes benchmarks/results/seeds.json, and plots each group's curves (mean and min-max
+band over seeds) to benchmarks/results/seeds_<preset>[-<strategy>].png with `nes_mpi plot`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, write_result  # noqa: E402
+
+NAME = re.compile(r"^learning_(?P<group>.+)-seed(?P<seed>\d+)\.json$")
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return None if n == 0 else (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2)
+
+
+def main() -> int:
+    groups = defaultdict(list)
+    for p in sorted(RESULTS.glob("learning_*-seed*.json")):
+        m = NAME.match(p.name)
+        if m:
+            groups[m["group"]].append(json.loads(p.read_text()))
+    rows = []
+    for group, runs in sorted(groups.items()):
+        runs.sort(key=lambda r: r["seed"])
+        for i, target in enumerate(runs[0]["targets"]):
+            reached = [r["targets"][i]["reached_at_timesteps"] for r in runs]
+            within = target["within_timesteps"]
+            inf = float("inf")
+            med = median([t if t is not None and t <= within else inf for t in reached])
+            best = [r["targets"][i]["best_eval_within_budget"] for r in runs]
+            rows.append({
+                "group": group, "env": runs[0]["env"], "strategy": runs[0]["strategy"],
+                "seeds": [r["seed"] for r in runs], "target": target["target"], "within_timesteps": within,
+                "reached_at_timesteps": reached, "median_timesteps": None if med == inf else med,
+                "met": med != inf, "best_eval_within_budget": best,
+                "core_hours": sum(r["core_hours"] for r in runs),
+            })
+        dirs = [str(RESULTS / "runs" / f"{group}-seed{r['seed']}") for r in runs]
+        subprocess.call([sys.executable, "-m", "nes_mpi", "plot", *dirs, "-o", str(RESULTS / f"seeds_{group}.png"),
+                         "--title", f"{runs[0]['env']} {runs[0]['strategy']}, seeds {', '.join(str(r['seed']) for r in runs)}"])
+    print("| task | strategy | target | seeds | median timesteps to target | range | best within budget (per seed) | met |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        hit = [t for t in r["reached_at_timesteps"] if t is not None and t <= r["within_timesteps"]]
+        rng = f"{min(hit) / 1e6:.3f}–{max(hit) / 1e6:.3f} M" if hit else "—"
+        missed = len(r["seeds"]) - len(hit)
+        if missed:
+            rng += f" ({missed} of {len(r['seeds'])} not within budget)"
+        med = f"{r['median_timesteps'] / 1e6:.3f} M" if r["median_timesteps"] is not None else "not reached"
+        best = ", ".join("—" if b is None else f"{b:,.0f}" for b in r["best_eval_within_budget"])
+        print(f"| {r['env']} | {r['strategy']} | {r['target']:,} within {r['within_timesteps'] / 1e6:g} M | "
+              f"{len(r['seeds'])} | {med} | {rng} | {best} | {'met' if r['met'] else 'not met'} |")
+    write_result("seeds", {"rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
