@@ -15,7 +15,7 @@ PYTEST_ARGS ?= -m "not slow and not slurm"
 # `make run` continues an interrupted run (Ctrl-C writes a checkpoint) instead of refusing it.
 RUN_ARGS ?= --resume auto
 
-.PHONY: install run test test-all test-slurm test-slurm-multinode bench clean
+.PHONY: install run test test-all test-slurm bench clean
 
 install: $(STAMP)
 
@@ -35,13 +35,10 @@ test: install
 test-all: install
 	$(PY) -m pytest -m "not slurm"
 
+# A real SLURM on this machine with two nodes (two slurmd), for train_multinode.sbatch too.
+SLURM_NODES ?= 2
 test-slurm: install
-	$(PY) -m pytest -m slurm
-
-# The real multi-node test on a two-node cluster on this host (not in CI yet: two-node starts were
-# refused intermittently here, see tests/slurm/cluster.sh).
-test-slurm-multinode: install
-	NES_SLURM_NODES=2 $(PY) -m pytest -m slurm -k multinode
+	NES_SLURM_NODES=$(SLURM_NODES) $(PY) -m pytest -m slurm
 
 bench: install
 	$(PY) benchmarks/run_all.py

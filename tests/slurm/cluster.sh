@@ -104,17 +104,24 @@ stop_daemon() {
     rm -f "$pidfile"
 }
 
-# NES_SLURM_NODES=2 starts two slurmd (n1, n2) on this host for the multi-node test; the default
-# is one node, which `make test-slurm` uses (two-node starts were refused intermittently here:
-# every sbatch got "Requested node configuration is not available" although sinfo said idle).
+# NES_SLURM_NODES=2 (what `make test-slurm` passes) starts two slurmd, n1 and n2, on this
+# host for the multi-node test; the default here is one node.
 NODES=()
 for ((_i = 1; _i <= ${NES_SLURM_NODES:-1}; _i++)); do NODES+=("n$_i"); done
+
+# cpu_count: the machine's usable CPUs. Not plain `nproc`: it honours OMP_NUM_THREADS, which
+# the test session sets to 1, and a node that claims 1 CPU refuses every 2-task job.
+cpu_count() {
+    env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc
+}
 
 # node_lines: one NodeName line per node, each slurmd on its own port.
 node_lines() {
     local i
     for ((i = 0; i < ${#NODES[@]}; i++)); do
-        echo "NodeName=${NODES[i]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((SLURMD_PORT + i)) CPUs=$ncpu State=UNKNOWN"
+        # The whole topology, not only CPUs, so slurmd's own guess never decides the CPU count.
+        echo "NodeName=${NODES[i]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((SLURMD_PORT + i))" \
+            "CPUs=$ncpu Boards=1 SocketsPerBoard=1 CoresPerSocket=$ncpu ThreadsPerCore=1 State=UNKNOWN"
     done
 }
 
@@ -126,7 +133,7 @@ node_state() {
 # --------------------------------------------------------------------------- config
 write_config() {
     local ncpu first_job_id
-    ncpu=$(nproc)
+    ncpu=$(cpu_count)
     first_job_id=$(($(date +%s) % 600000 * 100 + 1))
     mkdir -p "$DIR"/{etc,munge,state,spool,log,run}
     chmod 0700 "$DIR/munge"
@@ -286,6 +293,7 @@ cmd_start() {
     local n
     for n in "${NODES[@]}"; do
         log "starting slurmd -N $n"
+        mkdir -p "$DIR/spool/slurmd.$n"   # SlurmdSpoolDir has %n: slurmd does not create it
         slurmd -N "$n" >>"$DIR/log/slurmd.$n.out" 2>&1 || {
             tail -n 20 "$DIR/log/slurmd.$n.log" >&2 || true
             die "slurmd -N $n failed to start"
@@ -301,9 +309,9 @@ cmd_start() {
         for n in "${NODES[@]}"; do tail -n 20 "$DIR/log/slurmd.$n.log" >&2 || true; done
         die "nodes ${NODES[*]} are not all idle after ${START_TIMEOUT}s"
     fi
-    # The scheduler must also accept a job on both nodes (once, sbatch refused every job
-    # with "Requested node configuration is not available" although sinfo said idle).
-    if ! wait_for_quietly 60 sbatch --test-only -N "${#NODES[@]}" --ntasks-per-node=1 --wrap true; then
+    # The scheduler must also accept a job that uses every CPU of every node (a node that
+    # registered fewer CPUs than configured refuses 2-task jobs although sinfo says idle).
+    if ! wait_for_quietly 60 sbatch --test-only -N "${#NODES[@]}" --ntasks-per-node="$(cpu_count)" --wrap true; then
         sinfo -N -l >&2 || true
         scontrol show nodes >&2 || true
         tail -n 30 "$DIR/log/slurmctld.log" >&2 || true

@@ -395,7 +395,7 @@ def test_multinode_two_nodes_bitwise_equal_to_one_rank(slurm_cluster, tmp_path):
     with -N2 --ntasks-per-node=2 (after its per-node check of the run dir and the
     interpreter) completes with parameters bitwise equal to a 1-rank run."""
     if int(os.environ.get("NES_SLURM_NODES", "1")) < 2:
-        pytest.skip("needs the two-node test cluster: make test-slurm-multinode (NES_SLURM_NODES=2)")
+        pytest.skip("needs the two-node test cluster: NES_SLURM_NODES=2, as `make test-slurm` sets it")
     probe = ("from mpi4py import MPI; import os; w = MPI.COMM_WORLD; "
              "print(w.rank, w.Split_type(MPI.COMM_TYPE_SHARED).size, os.environ['SLURMD_NODENAME'])")
     out = sh("srun", "-N2", "--ntasks-per-node=2", "--mpi=pmi2", PYTHON, "-c", probe, cwd=tmp_path, timeout=120)
