@@ -1,14 +1,19 @@
 """HDF5 checkpoints: the complete state of a run, written atomically.
 
-Schema (version 1) -- see README "Checkpoint format":
+Schema (version 2) -- see README "Checkpoint format":
   /            attrs  format, schema_version, generation, timesteps, episodes, wall_seconds,
                       eval_return, best_eval_return, params_sha256, config (JSON), policy (JSON),
-                      versions (JSON), created, hostname, n_ranks
+                      versions (JSON), created, hostname, n_ranks, content_sha256
   /params      float32 (num_params,)    the mean of the search distribution
   /optimizer   attrs name, t; datasets of the optimizer's moments (adam: m, v; sgd/clipup: v)
   /obs_norm    count (int64), sum, sumsq (float64, obs_dim)
   /noise       attrs seed, table_size, dtype, chunk, generator
   /history     one 1-D dataset per logged column, one entry per logged generation
+
+`content_sha256` covers every group, dataset and attribute in the file (but itself), walked in
+a canonical order, so whatever a later version adds is verified without code changes here.
+Files are opened with HDF5 file locking off: Lustre and NFS often lack flock, and the
+run-directory lock (run_lock.py) already gives one writer per run.
 """
 from __future__ import annotations
 
@@ -28,7 +33,9 @@ import numpy as np
 from . import noise
 
 FORMAT = "nes_mpi-checkpoint"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+LEGACY_SCHEMA = 1  # no content checksum: only its parameters are verified
+CONTENT_SHA = "content_sha256"
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.h5$")
 
 
@@ -58,6 +65,43 @@ class TrainState:
 
 def params_sha256(params: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(params, dtype=np.float32).tobytes()).hexdigest()
+
+
+def content_sha256(f: h5py.File) -> str:
+    """A sha256 of every object in an open checkpoint: names, attributes, dtypes, shapes and bytes.
+
+    Objects are visited in sorted path order and attributes in sorted name order; the root's
+    `content_sha256` attribute is left out, being the result.
+    """
+    h = hashlib.sha256()
+
+    def feed(tag: str, value) -> None:
+        arr = np.asarray(value)
+        if arr.dtype.kind in "OSU":  # strings (h5py gives str or bytes): hash their UTF-8
+            data = json.dumps(arr.tolist(), sort_keys=True, default=str).encode()
+            kind = "str"
+        else:
+            data = np.ascontiguousarray(arr).tobytes()
+            kind = arr.dtype.str
+        h.update(f"{tag}|{kind}|{arr.shape}|{len(data)}|".encode())
+        h.update(data)
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset):
+            feed(f"dataset:{name}", obj[()])
+        else:
+            h.update(f"group:{name}|".encode())
+        for key in sorted(obj.attrs):
+            if name == "/" and key == CONTENT_SHA:
+                continue
+            feed(f"attr:{name}@{key}", obj.attrs[key])
+
+    names = []
+    f.visit(names.append)
+    visit("/", f)
+    for name in sorted(names):
+        visit(name, f[name])
+    return h.hexdigest()
 
 
 def library_versions() -> dict:
@@ -114,7 +158,7 @@ def save(state: TrainState, path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     cfg = state.config
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", locking=False) as f:
             a = f.attrs
             a["format"] = FORMAT
             a["schema_version"] = SCHEMA_VERSION
@@ -152,6 +196,7 @@ def save(state: TrainState, path) -> Path:
             g = f.create_group("history")
             for k, v in state.history.items():
                 g.create_dataset(k, data=np.asarray(v))
+            f.attrs[CONTENT_SHA] = content_sha256(f)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -162,8 +207,11 @@ def save(state: TrainState, path) -> Path:
     return path
 
 
-def load(path, verify: bool = True) -> TrainState:
-    """Read a checkpoint; any problem becomes a CheckpointError with a one-line reason."""
+def load(path, verify: bool = True, legacy: bool = False) -> TrainState:
+    """Read a checkpoint; any problem becomes a CheckpointError with a one-line reason.
+
+    `legacy` also reads schema version 1 files, whose checksum covers only the parameters.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -179,8 +227,13 @@ def load(path, verify: bool = True) -> TrainState:
             if a.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is an HDF5 file but not an nes_mpi checkpoint")
             version = int(a.get("schema_version", -1))
-            if version != SCHEMA_VERSION:
+            if version == LEGACY_SCHEMA and not legacy:
+                raise CheckpointError(f"{path} has checkpoint schema version 1, whose checksum covers only the parameters; "
+                                      "eval and info read it, and train resumes it with --force")
+            if version not in (SCHEMA_VERSION, LEGACY_SCHEMA):
                 raise CheckpointError(f"{path} has checkpoint schema version {version}; this nes_mpi reads version {SCHEMA_VERSION}")
+            if verify and version == SCHEMA_VERSION and content_sha256(f) != str(a.get(CONTENT_SHA, "")):
+                raise CheckpointError(f"{path} failed its checksum: the stored contents are corrupted")
             params = f["params"][()]
             opt = {k: f["optimizer"][k][()] for k in f["optimizer"]}
             opt["t"] = int(f["optimizer"].attrs["t"])
@@ -199,7 +252,7 @@ def load(path, verify: bool = True) -> TrainState:
             stored_sha = str(a["params_sha256"])
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path} is damaged or incomplete ({_short(e)})") from None
     if verify and params_sha256(state.params) != stored_sha:
         raise CheckpointError(f"{path} failed its checksum: the stored parameters are corrupted")
@@ -223,16 +276,20 @@ def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def latest_good(run_dir) -> tuple[Path | None, list[str]]:
-    """The newest checkpoint that loads and passes its checksum, and the reasons others were skipped."""
+def newest_good(run_dir, legacy: bool = False) -> tuple[Path | None, TrainState | None, list[str]]:
+    """The newest checkpoint that loads and passes its checksums, its state, and why newer ones were skipped."""
     skipped = []
     for _, p in list_checkpoints(run_dir):
         try:
-            load(p)
-            return p, skipped
+            return p, load(p, legacy=legacy), skipped
         except CheckpointError as e:
             skipped.append(str(e))
-    return None, skipped
+    return None, None, skipped
+
+
+def latest_good(run_dir) -> tuple[Path | None, list[str]]:
+    path, _, skipped = newest_good(run_dir)
+    return path, skipped
 
 
 def prune(run_dir, keep: int) -> None:

@@ -49,12 +49,12 @@ def run_train(args) -> int:
         mismatch = slurm_world_mismatch(comm.size)
         if mismatch:
             raise ConfigError(mismatch)
-        cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "force")}
+        cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "force", "rewind")}
         from_file = load_toml(args.config) if args.config else {}
         return {**from_file, **cli}
 
     over = _agree(comm, overrides)
-    setup: Setup = _agree(comm, lambda: resolve_config(comm, over, args.resume, args.force))
+    setup: Setup = _agree(comm, lambda: resolve_config(comm, over, args.resume, args.force, args.rewind))
     if setup.state is None and args.resume == "auto":
         say(comm, f"nes_mpi: no checkpoint in {setup.cfg.run_dir}: starting a new run")
     trainer: Trainer = _agree(comm, lambda: Trainer(comm, setup))

@@ -74,8 +74,8 @@ def test_resume_auto_in_an_empty_run_dir_starts_fresh(tmp_path, mpiexec, straigh
     assert_same_state(state_of(final(straight, 6)), state_of(final(run, 6)))
 
 
-def _rank_pids(mpiexec_pid: int) -> dict[int, int]:
-    """PMI rank -> pid of the python ranks started by an mpiexec (read from /proc)."""
+def _rank_pids(tag: str = "tag") -> dict[int, int]:
+    """PMI rank -> pid of the python ranks started with NES_TEST_TAG=tag (read from /proc)."""
     out = {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -88,7 +88,7 @@ def _rank_pids(mpiexec_pid: int) -> dict[int, int]:
         if b"nes_mpi" not in cmd or b"mpiexec" in cmd:
             continue
         env = dict(e.split(b"=", 1) for e in environ if b"=" in e)
-        if env.get(b"NES_TEST_TAG") == str(mpiexec_pid).encode() or env.get(b"NES_TEST_TAG") == b"tag":
+        if env.get(b"NES_TEST_TAG") == tag.encode():
             out[int(env.get(b"PMI_RANK", b"-1"))] = int(p.name)
     return out
 
@@ -112,7 +112,7 @@ def test_signal_on_one_rank_checkpoints_and_exits_75(tmp_path, mpiexec, straight
     run = tmp_path / "run"
     proc = _launch([*BASE, "--generations", "100000", "--run-dir", run], ranks=3)
     _wait_for(final(run, 2), proc)
-    pids = _rank_pids(proc.pid)
+    pids = _rank_pids()
     assert sorted(pids) == [0, 1, 2], pids
     os.kill(pids[1], sig)  # only rank 1 hears it
     out, err = proc.communicate(timeout=120)
