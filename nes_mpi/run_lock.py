@@ -2,7 +2,7 @@
 
 `RUN_DIR/.nes_mpi.lock` is created with O_CREAT|O_EXCL (atomic on local disks, NFSv3+ and
 Lustre; no flock needed) and holds who owns the run: host, pid, the pid's start time, SLURM
-job id and start time. Rank 0 touches it every HEARTBEAT_SECONDS while the run lives and
+job id and start time. Rank 0 touches it every heartbeat_seconds() while the run lives and
 removes it on every exit path that runs Python (atexit). A lock left by a job that died is
 taken over when
   * it names our own SLURM job id (a requeued job, possibly on another node), or
@@ -30,12 +30,22 @@ class RunDirBusy(RuntimeError):
     """Another live job owns the run directory."""
 
 
+def _seconds(var: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(var, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
 def stale_seconds() -> float:
     """How old another host's heartbeat must be before its lock counts as abandoned (NES_MPI_LOCK_STALE_SECONDS)."""
-    try:
-        return float(os.environ.get("NES_MPI_LOCK_STALE_SECONDS", DEFAULT_STALE_SECONDS))
-    except ValueError:
-        return DEFAULT_STALE_SECONDS
+    return _seconds("NES_MPI_LOCK_STALE_SECONDS", DEFAULT_STALE_SECONDS)
+
+
+def heartbeat_seconds() -> float:
+    """How often rank 0 touches its lock (NES_MPI_LOCK_HEARTBEAT_SECONDS); keep it well below stale_seconds()."""
+    return _seconds("NES_MPI_LOCK_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
 
 
 def _proc_stat(pid: int) -> list[str]:
@@ -174,7 +184,7 @@ class RunLock:
 
     # ---- keeping and releasing it -------------------------------------------------------------
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+        while not self._stop.wait(heartbeat_seconds()):
             try:
                 os.utime(self.path)
             except OSError:

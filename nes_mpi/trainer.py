@@ -328,6 +328,7 @@ class Trainer:
         return s
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
+        """Collective: every rank calls it (the hash check); rank 0 writes."""
         check_identical(self.comm, self.theta, self.generation)  # never write parameters the ranks disagree on
         if self.comm.rank != 0:
             return None
@@ -337,6 +338,7 @@ class Trainer:
         return path
 
     def save_best(self) -> None:
+        """Collective like save_checkpoint."""
         check_identical(self.comm, self.theta, self.generation)
         if self.comm.rank == 0:
             ckpt.save(self.train_state(), ckpt.checkpoint_dir(self.run_dir) / "best.h5")

@@ -119,6 +119,44 @@ def test_a_second_seed_in_a_busy_run_dir_is_refused_and_touches_nothing(tmp_path
     assert info(ckpt.list_checkpoints(run)[0][1])["config"]["seed"] == 0
 
 
+def test_rank_0_keeps_the_lock_fresh_while_the_run_lives(tmp_path, mpiexec):
+    run = tmp_path / "run"
+    a = Job([*ENDLESS, "--run-dir", run], extra_env={"NES_MPI_LOCK_HEARTBEAT_SECONDS": "0.2"})
+    try:
+        wait_for_rows(run, a, 2)
+        lock = run / LOCK_NAME
+        first = lock.stat().st_mtime
+        t0 = time.time()
+        while lock.stat().st_mtime <= first:
+            assert time.time() - t0 < 60, "the lock's heartbeat never advanced"
+            time.sleep(0.1)
+        assert json.loads(lock.read_text())["pid"] == a.rank_pid(0)
+        code, out, err = a.stop()
+        assert code == 75, err
+    finally:
+        a.kill()
+    assert not (run / LOCK_NAME).exists()
+
+
+def test_resume_path_without_run_dir_locks_the_directory_it_continues_in(tmp_path, cp_run, mpiexec):
+    stored = tmp_path / "stored"
+    (stored / "checkpoints").mkdir(parents=True)
+    src = final(stored, 4)
+    src.write_bytes(final(cp_run, 4).read_bytes())
+    with h5py.File(src, "r+") as f:  # a copy of cp_run's checkpoint that continues in `stored`
+        cfg = json.loads(f.attrs["config"])
+        cfg["run_dir"] = str(stored)
+        f.attrs["config"] = json.dumps(cfg, sort_keys=True)
+        f.attrs[ckpt.CONTENT_SHA] = ckpt.content_sha256(f)
+    me = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    _foreign_lock(stored, socket.gethostname(), os.getpid(), "", age=0, pid_start=me)
+    proc = nes(*FAST, "--generations", "6", "--resume", src, ranks=2, cwd=tmp_path)
+    assert proc.returncode == 2 and "in use" in proc.stderr and str(stored) in proc.stderr, proc.stderr
+    (stored / LOCK_NAME).unlink()
+    proc = nes(*FAST, "--generations", "6", "--resume", src, ranks=2, cwd=tmp_path, check=True)
+    assert info(final(stored, 6))["generation"] == 6 and not (stored / LOCK_NAME).exists()
+
+
 def test_a_kill_9_job_does_not_block_the_next_start(tmp_path, mpiexec):
     run = tmp_path / "run"
     a = Job([*ENDLESS, "--run-dir", run, "--resume", "auto", "--checkpoint-every", "2"])
