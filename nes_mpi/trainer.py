@@ -311,21 +311,23 @@ class Trainer:
         }
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def train_state(self) -> TrainState:
+    def train_state(self, history: bool = True) -> TrainState:
         return TrainState(
             params=self.theta, optimizer=self.optimizer.state_dict(), obs_norm=self.obs_norm.state_dict(),
             generation=self.generation, timesteps=self.timesteps, episodes=self.episodes,
             wall_seconds=self.wall_seconds, eval_return=self.eval_return, best_eval_return=self.best_eval_return,
-            config=self.cfg.to_dict(), policy=self.spec.to_dict(), history=self.log.history(), n_ranks=self.comm.size,
+            config=self.cfg.to_dict(), policy=self.spec.to_dict(), history=self.log.history() if history else {},
+            n_ranks=self.comm.size,
         )
 
-    def snapshot(self) -> TrainState:
-        """A copy of the state that later generations cannot change (the last good state on a failure streak)."""
-        s = self.train_state()
+    def snapshot(self) -> tuple[TrainState, int]:
+        """A copy of the state that later generations cannot change (the last good state on a failure streak),
+        and how many history rows belong to it (the log only grows, so the rows are cut when it is saved)."""
+        s = self.train_state(history=False)
         s.params = s.params.copy()
         s.optimizer = {k: np.copy(v) for k, v in s.optimizer.items()}
         s.obs_norm = {k: np.copy(v) for k, v in s.obs_norm.items()}
-        return s
+        return s, len(self.log.rows["generation"])
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
         """Collective: every rank calls it (the hash check); rank 0 writes."""
@@ -349,8 +351,10 @@ class Trainer:
             self.best_eval_return = ev
             self.save_best()
 
-    def stop_on_failures(self, good: TrainState, cause: str) -> int:
+    def stop_on_failures(self, snapshot: tuple[TrainState, int], cause: str) -> int:
         """A systematic failure: checkpoint the last good state (unpruned), say why, exit 1."""
+        good, rows = snapshot
+        good.history = {c: v[:rows] for c, v in self.log.history().items()}
         check_identical(self.comm, good.params, good.generation)
         path = ckpt.checkpoint_path(self.run_dir, good.generation)
         if self.comm.rank == 0:

@@ -28,6 +28,8 @@ def test_a_rank_whose_env_always_fails_stops_the_run_with_the_last_good_state(tm
     good = ckpt.checkpoint_path(run, 0)
     assert str(good) in lines[0] and info(good)["generation"] == 0
     assert [g for g, _ in ckpt.list_checkpoints(run)] == [2, 0]  # the regular one at 2 and the good state
+    assert ckpt.load(good).history["generation"].tolist() == []  # its history ends where its state does
+    assert ckpt.load(ckpt.checkpoint_path(run, 2)).history["generation"].tolist() == [1, 2]
     assert not (run / ".nes_mpi.lock").exists()  # released on this exit path too
 
 
