@@ -6,8 +6,8 @@ VENV ?= .venv
 # package index serves CPU wheels differently, e.g.
 #   make install TORCH_SPEC='torch --index-url https://download.pytorch.org/whl/cpu'
 TORCH_SPEC ?= torch==2.13.0
-# `make install EXTRAS=tools,test` on a cluster whose MPI you link mpi4py against.
-EXTRAS ?= mpich,tools,test
+# `make install EXTRAS=tools,export,tensorboard,test` on a cluster whose MPI you link mpi4py against.
+EXTRAS ?= mpich,tools,export,tensorboard,test
 NP ?= $(shell nproc 2>/dev/null || echo 2)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -1,18 +1,25 @@
-"""Command line: `python -m nes_mpi [train] ...`, `info`, `eval`, `plot`."""
+"""Command line: `python -m nes_mpi [train] ...`, `info`, `eval`, `plot`, `export`, `status`."""
 from __future__ import annotations
 
 import os
+import sys
+
+# Stop handlers before anything heavy: a SIGTERM/SIGUSR1 in the seconds spent importing numpy,
+# torch, gymnasium and in MPI_Init must become a clean stop, not a death by signal (nes_mpi.signals).
+if not (len(sys.argv) > 1 and sys.argv[1] in ("info", "eval", "plot")):
+    from .signals import install_early
+
+    install_early()
 
 # One thread per rank: set before numpy/torch load their thread pools.
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 
 from .config import ConfigError, add_config_arguments  # noqa: E402
 
-SUBCOMMANDS = ("train", "info", "eval", "plot")
+SUBCOMMANDS = ("train", "info", "eval", "plot", "export", "status")
 EXIT_BAD_INPUT = 2
 
 
@@ -32,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a policy (default)",
         description="Train a policy with NES. With no options it trains the default MuJoCo task.",
         epilog="other subcommands: info CKPT [--json] | eval CKPT [--episodes N] [--env ENV] [--render out.mp4] | "
-               "plot RUN_DIR [...] -o curves.png. Exit codes: 0 done, 2 bad input, 75 stopped by a signal "
+               "plot RUN_DIR [...] -o curves.png | export CKPT -o policy.pt|policy.onnx | status RUN_DIR. "
+               "Exit codes: 0 done, 2 bad input, 75 stopped by a signal "
                "after writing a checkpoint (submit again with --resume auto), 1 error.")
     train.add_argument("--config", metavar="TOML", help="read options from a TOML file, or a preset name from nes_mpi/presets (command line wins)")
     train.add_argument("--resume", metavar="auto|PATH",
@@ -60,10 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fps", type=int, default=0, help="video frame rate (default: the env's)")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    export = sub.add_parser("export", help="write a checkpoint's policy as TorchScript (.pt) or ONNX (.onnx)",
+                            description="Write the policy, observation normalisation included, as a standalone file "
+                                        "taking raw float32 observations of shape (batch, obs_dim).")
+    export.add_argument("checkpoint")
+    export.add_argument("-o", "--output", required=True, metavar="POLICY.pt|POLICY.onnx")
+
     plot = sub.add_parser("plot", help="plot learning curves of one or more run directories")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("-o", "--output", default="curves.png")
     plot.add_argument("--title", default=None)
+
+    status = sub.add_parser(
+        "status", help="is a run finished? (for batch scripts; no MPI)",
+        description="Report whether a run directory's newest good checkpoint has reached the run's generation budget.",
+        epilog="Exit codes: 0 finished, 3 unfinished, 4 no usable checkpoint, 2 bad input.")
+    status.add_argument("run_dir", metavar="RUN_DIR")
+    status.add_argument("--generations", type=int, default=None,
+                        help="the budget to compare with (default: the one stored in the checkpoint)")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
     return top
 
 
@@ -93,9 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             from .evaluate import run_eval
             return run_eval(args)
+        if args.command == "export":
+            from .export import run_export
+            return run_export(args)
         if args.command == "plot":
             from .plot import run_plot
             return run_plot(args)
+        if args.command == "status":
+            from .run_state import run_status
+            return run_status(args)
     except ConfigError as e:
         print(f"nes_mpi: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

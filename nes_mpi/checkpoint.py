@@ -1,7 +1,7 @@
 """HDF5 checkpoints: the complete state of a run, written atomically.
 
 Schema (version 2) -- see README "Checkpoint format":
-  /            attrs  format, schema_version, generation, timesteps, episodes, wall_seconds,
+  /            attrs  format, schema_version, env_id, generation, timesteps, episodes, wall_seconds,
                       eval_return, best_eval_return, params_sha256, config (JSON), policy (JSON),
                       versions (JSON), created, hostname, n_ranks, content_sha256
   /params      float32 (num_params,)    the mean of the search distribution
@@ -287,8 +287,8 @@ def newest_good(run_dir, legacy: bool = False) -> tuple[Path | None, TrainState 
     return None, None, skipped
 
 
-def latest_good(run_dir) -> tuple[Path | None, list[str]]:
-    path, _, skipped = newest_good(run_dir)
+def latest_good(run_dir, legacy: bool = False) -> tuple[Path | None, list[str]]:
+    path, _, skipped = newest_good(run_dir, legacy)
     return path, skipped
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 
 import numpy as np
 from mpi4py import MPI
@@ -54,6 +55,80 @@ def check_identical(comm: MPI.Comm, theta: np.ndarray, generation: int) -> None:
 
 def any_rank(comm: MPI.Comm, flag: bool) -> bool:
     return bool(comm.allreduce(int(flag), op=MPI.MAX))
+
+
+STOP_TAG = 7507  # on the channel's own duplicated communicator, so it can never match another message
+
+
+class StopChannel:
+    """Spread a stop request to every rank while they are busy, and agree on it at one point per phase.
+
+    A rank whose StopRequest is set sends one small message to every other rank, once (nonblocking);
+    every rank keeps one receive posted and tests it between lockstep steps (`poll`, about a
+    microsecond). `agree` is the collective after each rollout phase that turns "some rank asked"
+    into the same decision on every rank. It waits nonblockingly and keeps polling, so a rank that
+    finished its share early and is waiting still hears a signal and passes it on. `close` receives
+    every message still in flight, so no rank finalizes MPI with unmatched messages.
+    """
+
+    def __init__(self, comm: MPI.Comm, stop):
+        self.comm = comm.Dup()
+        self.stop = stop
+        self.heard_from: int | None = None  # the rank whose message told us first
+        self.told = False
+        self.received = 0
+        self.sends: list = []
+        self.inbox = np.zeros(1, dtype=np.int64)
+        self.recv = self._post()
+
+    def _post(self):
+        return self.comm.Irecv(self.inbox, source=MPI.ANY_SOURCE, tag=STOP_TAG)
+
+    def poll(self) -> bool:
+        """True once a stop is requested here or on any rank that has told us; tells the others once."""
+        if self.told or self.heard_from is not None:
+            return True
+        if self.stop.requested:
+            mine = np.array([self.comm.rank], dtype=np.int64)
+            self.sends = [self.comm.Isend(mine, dest=r, tag=STOP_TAG) for r in range(self.comm.size) if r != self.comm.rank]
+            self.told = True
+            return True
+        if self.recv.Test():
+            self.received += 1
+            self.heard_from = int(self.inbox[0])
+            self.recv = self._post()
+            return True
+        return False
+
+    def agree(self) -> bool:
+        """Collective: True on every rank if any rank had a stop request by the time it got here."""
+        mine = np.array([int(self.poll())], dtype=np.int32)
+        out = np.zeros(1, dtype=np.int32)
+        req = self.comm.Iallreduce(mine, out, op=MPI.MAX)
+        while not req.Test():
+            self.poll()  # a signal reaching a waiting rank is passed on at once
+            time.sleep(0.0002)  # waiting ranks leave the cores to the ranks still stepping
+        return bool(out[0])
+
+    def reason(self) -> str:
+        if self.stop.requested and self.heard_from is None:
+            return self.stop.signal_name
+        if self.heard_from is not None:
+            return f"a signal to rank {self.heard_from}"
+        return "a signal to another rank"
+
+    def close(self) -> None:
+        """Collective: drain the stop messages still in flight, then release the communicator."""
+        told = self.comm.allgather(self.told)
+        expected = sum(told) - int(self.told)
+        while self.received < expected:
+            self.recv.Wait()
+            self.received += 1
+            self.recv = self._post()
+        self.recv.Cancel()
+        self.recv.Wait()
+        MPI.Request.Waitall(self.sends)
+        self.comm.Free()
 
 
 class SharedNoise:

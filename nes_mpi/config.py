@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -44,7 +45,7 @@ class Config:
     hidden_sizes: tuple = _f((64, 64), "hidden layer sizes of the MLP, comma separated", meta="N,N")
     activation: str = _f("tanh", "MLP activation", choices=ACTIVATIONS)
     obs_norm: bool = _f(True, "normalise observations with running statistics pooled over all ranks")
-    obs_clip: float = _f(5.0, "clip normalised observations to [-c, c]")
+    obs_clip: float = _f(5.0, "clip normalised observations to [-c, c] (not used with --no-obs-norm: raw observations)")
     # strategy
     generations: int = _f(100, "train until this many generations in total")
     population: int = _f(40, "members per generation (even with antithetic pairs)")
@@ -53,8 +54,8 @@ class Config:
     lr: float = _f(0.01, "learning rate")
     optimizer: str = _f("adam", "optimizer", choices=OPTIMIZER_NAMES)
     momentum: float = _f(0.9, "momentum of sgd and clipup")
-    weight_decay: float = _f(0.005, "L2 coefficient")
-    top_directions: float = _f(1.0, "fraction of antithetic directions used in the update, best first (ARS); 1: all")
+    weight_decay: float = _f(0.005, "L2 coefficient, applied after the 1/sigma scaling: OpenAI ES l2coeff / sigma")
+    top_directions: float = _f(1.0, "fraction of antithetic directions kept, best first, averaged over the members kept (ARS V1-t/V2-t on ranks); 1: all")
     seed: int = _f(0, "the one common seed: noise, offsets and episode seeds derive from it")
     noise_table_size: int = _f(1 << 25, "normals in the shared noise table (float32, one copy per node)")
     # evaluation, logging, checkpoints
@@ -65,6 +66,7 @@ class Config:
     checkpoint_every: int = _f(10, "write a checkpoint every N generations (and at the end)")
     keep_checkpoints: int = _f(3, "checkpoints kept besides best.h5")
     check_every: int = _f(5, "compare a hash of the parameters across ranks every N generations")
+    tensorboard: bool = _f(False, "also write the log's scalars for TensorBoard to RUN_DIR/tb (needs the tensorboard extra)")
     # failures
     fail_fraction: float = _f(0.5, "a generation fails when this fraction of its members failed, or every member of a rank")
     fail_generations: int = _f(3, "stop with an error after N failed generations in a row (0: never)")
@@ -106,6 +108,8 @@ class Config:
         need(self.optimizer in OPTIMIZER_NAMES, f"--optimizer must be one of {', '.join(OPTIMIZER_NAMES)}")
         need(all(h >= 1 for h in self.hidden_sizes), f"--hidden-sizes must be positive (got {self.hidden_sizes})")
         need(isinstance(self.env_kwargs, dict), "--env-kwargs must be a JSON object")
+        need(not self.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+             "--tensorboard needs the tensorboard package: pip install 'nes_mpi[tensorboard]' (or pip install tensorboard)")
         return self
 
     # ---- (de)serialisation ---------------------------------------------------------
@@ -137,7 +141,7 @@ class Config:
 
 # Fields that may change when resuming without altering what the run computes.
 SAFE_ON_RESUME = {"generations", "eval_every", "eval_episodes", "log_every", "run_dir",
-                  "checkpoint_every", "keep_checkpoints", "check_every",
+                  "checkpoint_every", "keep_checkpoints", "check_every", "tensorboard",
                   "fail_fraction", "fail_generations"}
 
 

@@ -69,7 +69,7 @@ def _from_entry(spec: str, kwargs: dict, render_mode):
         raise ConfigError(f"{spec} is not a class or function that makes an environment")
     try:
         env = factory(**kwargs)
-    except Exception as e:
+    except TypeError as e:  # it does not take these arguments (e.g. os:system): bad input, not a crash
         first = str(e).splitlines()[0] if str(e) else ""
         raise ConfigError(f"{spec}(**env_kwargs) failed: {type(e).__name__}: {first}") from None
     if not isinstance(env, gym.Env):

@@ -75,8 +75,8 @@ class PolicyRunner:
 
     def __init__(self, state, source="checkpoint", render_mode=None, env: str | None = None):
         from .envs import make_env
-        from .obs_norm import ObsNorm
-        from .policy import BatchPolicy, PolicySpec, spec_for
+        from .policy import BatchPolicy, spec_for
+        from .trained_policy import policy_from_state
 
         cfg = state.config
         self.env_id = env_id = env or cfg.get("env")
@@ -85,21 +85,9 @@ class PolicyRunner:
         if env is None and ":" in env_id:
             raise ConfigError(f"{source} names the environment {env_id!r}, code that nes_mpi imports only when you "
                               f"name it yourself: pass --env {env_id}")
-        try:
-            spec = PolicySpec.from_dict(state.policy)
-        except TypeError as e:
-            raise ConfigError(f"{source} holds an unreadable policy description ({e})") from None
-        params = np.asarray(state.params, dtype=np.float32)
-        if params.shape != (spec.num_params,):
-            raise ConfigError(f"{source}: {params.size} parameters stored, the policy needs {spec.num_params}")
-
-        norm = ObsNorm(spec.obs_dim, float(cfg.get("obs_clip", 5.0)), bool(cfg.get("obs_norm", True)))
-        try:
-            norm.load_state_dict(state.obs_norm)
-        except (KeyError, ValueError) as e:
-            raise ConfigError(f"{source}: unusable observation statistics ({e})") from None
-        self.obs_mean, self.obs_std = norm.mean_std()
-        self.obs_clip = norm.clip
+        trained = policy_from_state(state, source)
+        spec, params = trained.spec, trained.params
+        self.obs_mean, self.obs_std, self.obs_clip = trained.obs_mean, trained.obs_std, trained.obs_clip
 
         self.handle = make_env(env_id, cfg.get("env_kwargs") or {}, int(cfg.get("max_episode_steps") or 0),
                                render_mode=render_mode)

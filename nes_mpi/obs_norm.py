@@ -12,8 +12,8 @@ import numpy as np
 class ObsNorm:
     def __init__(self, dim: int, clip: float = 5.0, enabled: bool = True, eps: float = 1e-2):
         self.dim = dim
-        self.clip = float(clip)
         self.enabled = enabled
+        self.clip = float(clip) if enabled else float("inf")  # disabled: the policy sees raw observations
         self.eps = eps
         self.count = 0
         self.sum = np.zeros(dim, dtype=np.float64)

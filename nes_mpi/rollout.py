@@ -9,6 +9,7 @@ methods are looked up once, and per-step numpy work is done once for the batch.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,15 +34,25 @@ def episode_seed(seed: int, generation: int, member: int, episode: int, stream: 
     return int(ss.generate_state(1, dtype=np.uint32)[0])
 
 
+POLL_SECONDS = 0.05  # `poll` at most this often: a stop is heard at once, and costs nothing measurable
+
+
 def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds: list[list[int]],
             obs_mean: np.ndarray, obs_std: np.ndarray, obs_clip: float,
-            survival_bonus: float = 0.0, collect_obs: bool = True) -> RolloutResult:
-    """Run len(seeds) members (row b of `params`, episodes seeded by seeds[b]) in lockstep."""
+            survival_bonus: float = 0.0, collect_obs: bool = True, poll=None) -> RolloutResult | None:
+    """Run len(seeds) members (row b of `params`, episodes seeded by seeds[b]) in lockstep.
+
+    The policy sees clip((obs - obs_mean) / obs_std, -obs_clip, obs_clip); obs_clip = inf skips the clip.
+    `poll()` is called between lockstep steps, once POLL_SECONDS have passed since the last call;
+    when it returns True the rollout is abandoned and None returned (a stop was requested: the
+    generation's work is dropped). Reading the clock once per step costs a fraction of a microsecond.
+    """
     n = len(seeds)
     policy.load(params)
     discrete = policy.spec.discrete
     obs_dim = obs_mean.shape[0]
     inv_std = (1.0 / obs_std).astype(np.float32)
+    clip = math.isfinite(obs_clip)  # inf: raw observations (normalisation off), not even clipped
     lo, hi = np.float32(-obs_clip), np.float32(obs_clip)
     step_fn = [e.step for e in envs[:n]]
     zero = np.zeros(obs_dim, dtype=np.float32)
@@ -78,7 +89,13 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
 
     active = [b for b in range(n) if reset(b)]
     selected = None  # the rows the policy's working weights were last cut to (None: all)
+    clock = time.monotonic
+    next_poll = clock() + POLL_SECONDS if poll is not None else math.inf
     while active:
+        if clock() >= next_poll:
+            if poll():
+                return None
+            next_poll = clock() + POLL_SECONDS
         x_all = np.array(cur, dtype=np.float32)
         if collect_obs:
             obs_sum += x_all
@@ -92,7 +109,8 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
         x = x_all[active] if compact else x_all
         x -= obs_mean
         x *= inv_std
-        np.clip(x, lo, hi, out=x)
+        if clip:
+            np.clip(x, lo, hi, out=x)
         actions = policy(x)
         # python ints for Discrete (gymnasium's check is fastest on them), row views for Box
         rows_out = actions.tolist() if discrete else list(actions)
@@ -125,6 +143,7 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
             k = ep_steps[b] = ep_steps[b] + 1
             if terminated or truncated or k >= max_steps:
                 steps[b] += k
+                ep_steps[b] = 0  # counted in steps now; a later failure must not add it again
                 total_return[b] += ep_return[b]
                 episode[b] += 1
                 if episode[b] < n_episodes[b] and reset(b):

@@ -26,8 +26,17 @@ HEARTBEAT_SECONDS = 30.0
 DEFAULT_STALE_SECONDS = 300.0
 
 
+_HELD: list["RunLock"] = []  # the locks this process holds (nes_mpi.train releases them when it returns)
+
+
 class RunDirBusy(RuntimeError):
     """Another live job owns the run directory."""
+
+
+def release_all() -> None:
+    """Release every run-directory lock this process holds (the end of a `train` call, or exit)."""
+    while _HELD:
+        _HELD.pop().release()
 
 
 def _seconds(var: str, default: float) -> float:
@@ -100,6 +109,7 @@ class RunLock:
         for _ in range(5):
             if self._create():
                 self.held = True
+                _HELD.append(self)
                 atexit.register(self.release)
                 self._thread = threading.Thread(target=self._beat, name="nes_mpi-lock-heartbeat", daemon=True)
                 self._thread.start()

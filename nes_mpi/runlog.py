@@ -1,7 +1,8 @@
 """What rank 0 reports: one console line and one CSV row per generation.
 
 The same rows are kept in memory as the run's history and stored in every
-checkpoint, so a resumed run rewrites the CSV from the checkpoint and carries on.
+checkpoint, so a resumed run rewrites the CSV (and the TensorBoard events, with
+--tensorboard) from the checkpoint and carries on.
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ INT_COLUMNS = {"generation", "timesteps", "episodes", "failed_members"}
 
 
 class RunLog:
-    def __init__(self, run_dir, history: dict | None = None, active: bool = True):
+    def __init__(self, run_dir, history: dict | None = None, active: bool = True, tensorboard: bool = False):
         self.path = Path(run_dir) / "log.csv"
         self.active = active
+        self.tensorboard = None
         self.rows: dict[str, list] = {c: [] for c in COLUMNS}
         if history:
             for c in COLUMNS:
@@ -38,6 +40,11 @@ class RunLog:
                 for i in range(len(self.rows["generation"])):
                     w.writerow(_fmt(c, self.rows[c][i]) for c in COLUMNS)
             os.replace(tmp, self.path)
+            if tensorboard:
+                from .tensorboard_log import TensorBoardLog
+
+                n = len(self.rows["generation"])
+                self.tensorboard = TensorBoardLog(run_dir, [{c: self.rows[c][i] for c in COLUMNS} for i in range(n)])
 
     def append(self, row: dict) -> None:
         for c in COLUMNS:
@@ -45,6 +52,8 @@ class RunLog:
         if self.active:
             with open(self.path, "a", newline="") as fh:
                 csv.writer(fh).writerow(_fmt(c, row.get(c, math.nan)) for c in COLUMNS)
+            if self.tensorboard is not None:
+                self.tensorboard.append(row)
 
     def history(self) -> dict[str, np.ndarray]:
         return {c: np.asarray(v, dtype=np.int64 if c in INT_COLUMNS else np.float64) for c, v in self.rows.items()}

@@ -9,17 +9,25 @@ import numpy as np
 
 
 def centered_ranks(fitness: np.ndarray) -> np.ndarray:
-    """Map fitnesses to ranks scaled into [-0.5, 0.5].
+    """Map fitnesses to ranks scaled into [-0.5, 0.5]; tied fitnesses share their average rank.
 
-    Ties are broken by member index (stable sort) so the result is a pure
-    function of the fitness vector, identical on every rank.
+    Equal fitnesses carry no ordering information, so they must get equal
+    utilities: a tied antithetic pair then contributes nothing, and a
+    generation where every member ties gives all-zero utilities. Average
+    ranks are a pure function of the fitness vector, identical on every rank.
     """
     fitness = np.asarray(fitness, dtype=np.float64).ravel()
     n = fitness.size
     if n < 2:
         return np.zeros(n)
+    order = np.argsort(fitness, kind="stable")
+    ordered = fitness[order]
+    starts_group = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+    group = np.cumsum(starts_group) - 1
+    first = np.flatnonzero(starts_group)
+    last = np.concatenate((first[1:], [n])) - 1
     ranks = np.empty(n, dtype=np.float64)
-    ranks[np.argsort(fitness, kind="stable")] = np.arange(n, dtype=np.float64)
+    ranks[order] = ((first + last) / 2.0)[group]
     return ranks / (n - 1) - 0.5
 
 
@@ -27,7 +35,8 @@ def replace_nonfinite(fitness: np.ndarray) -> tuple[np.ndarray, int]:
     """Give members with a non-finite fitness the worst finite fitness of the generation.
 
     Returns the cleaned copy and how many members were replaced. If every
-    member failed, all get 0 so the update is a no-op rather than NaN.
+    member failed, all get 0: they tie, so their utilities are all zero and
+    `NES.tell` leaves theta and the optimizer untouched (no NaN, no step).
     """
     fitness = np.array(fitness, dtype=np.float64)
     bad = ~np.isfinite(fitness)

@@ -6,8 +6,14 @@ build any member's parameters and every rank applies the identical update:
 
     grad = 1 / (n sigma) * sum_i u_i eps_i  - weight_decay * theta
 
-with u the centered ranks of the fitnesses and, with antithetic sampling,
-members 2k and 2k+1 evaluating theta + sigma eps_k and theta - sigma eps_k.
+with u the centered ranks of the fitnesses, n the number of members whose
+utilities enter the sum (the population, or the 2b members of the b directions
+kept by --top-directions) and, with antithetic sampling, members 2k and 2k+1
+evaluating theta + sigma eps_k and theta - sigma eps_k. The decay is applied
+after the 1/sigma scaling, so weight_decay equals the OpenAI ES starter's
+l2coeff divided by sigma. A generation whose utilities are all zero (every
+member tied) carries no information and leaves theta and the optimizer as
+they are.
 """
 from __future__ import annotations
 
@@ -73,26 +79,41 @@ class NES:
             out[row] += theta
         return out
 
+    def direction_weights(self, fitness: np.ndarray) -> tuple[np.ndarray, int]:
+        """Weight of each noise direction from cleaned fitnesses, and how many members they summarise."""
+        utilities = centered_ranks(fitness)
+        if not self.antithetic:
+            return utilities, self.population
+        weights = utilities[0::2] - utilities[1::2]
+        if self.top_directions == 1:
+            return weights, self.population
+        # ARS: keep the b directions whose better member did best; the estimate averages over those 2b members
+        best = np.maximum(fitness[0::2], fitness[1::2])
+        keep = max(1, int(round(self.top_directions * weights.size)))
+        order = np.argsort(-best, kind="stable")
+        weights[order[keep:]] = 0.0
+        return weights, 2 * keep
+
     def gradient(self, generation: int, fitness: np.ndarray) -> tuple[np.ndarray, int]:
         """The NES estimate of d E[F] / d theta from the whole population's fitnesses."""
         fitness, n_failed = replace_nonfinite(fitness)
-        utilities = centered_ranks(fitness)
-        if self.antithetic:
-            weights = utilities[0::2] - utilities[1::2]
-            if self.top_directions < 1:  # ARS: keep the directions whose better member did best
-                best = np.maximum(fitness[0::2], fitness[1::2])
-                keep = max(1, int(round(self.top_directions * weights.size)))
-                order = np.argsort(-best, kind="stable")
-                weights[order[keep:]] = 0.0
-        else:
-            weights = utilities
-        offsets = self.directions(generation)
-        grad = self.noise.weighted_sum(weights, offsets, self.dim)
-        grad /= self.population * self.sigma
-        return grad, n_failed
+        weights, n_used = self.direction_weights(fitness)
+        return self.estimate(generation, weights, n_used), n_failed
+
+    def estimate(self, generation: int, weights: np.ndarray, n_used: int) -> np.ndarray:
+        """1 / (n_used sigma) * sum_k weights[k] eps_k: the ES gradient estimate from per-direction weights."""
+        grad = self.noise.weighted_sum(weights, self.directions(generation), self.dim)
+        grad /= n_used * self.sigma
+        return grad
 
     def tell(self, theta: np.ndarray, generation: int, fitness: np.ndarray) -> tuple[np.ndarray, UpdateInfo]:
-        grad, n_failed = self.gradient(generation, fitness)
+        fitness, n_failed = replace_nonfinite(fitness)
+        weights, n_used = self.direction_weights(fitness)
+        if not weights.any():
+            # Every member tied (all solved the task, or all failed): no ranking, no step. Weight decay is
+            # skipped too, since Adam would turn the decay term alone into a full lr-sized step toward zero.
+            return theta, UpdateInfo(0.0, n_failed, 0.0)
+        grad = self.estimate(generation, weights, n_used)
         if self.weight_decay:
             grad = grad - self.weight_decay * theta.astype(np.float64)
         new_theta = self.optimizer.step(theta, grad)

@@ -6,6 +6,7 @@ order, then every rank applies the identical NES update and statistics update.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -18,7 +19,7 @@ from mpi4py import MPI
 
 from . import checkpoint as ckpt
 from .checkpoint import TrainState
-from .comm import SharedNoise, any_rank, check_identical, gather_rows, member_range
+from .comm import SharedNoise, StopChannel, check_identical, gather_rows, member_range
 from .config import SAFE_ON_RESUME, Config, ConfigError
 from .envs import make_env
 from .fault_policy import FailureWatch
@@ -30,10 +31,23 @@ from .rollout import episode_seed, obs_count, rollout
 from .run_lock import RunDirBusy, RunLock
 from .runlog import RunLog, console_line
 from .signals import EXIT_PREEMPTED, StopRequest
+from .status import write_status
 from .strategy import NES
 
 EVAL_STREAM = 1
-EXIT_SYSTEMATIC_FAILURE = 1
+EXIT_ERROR = 1
+
+
+class StopFailed(RuntimeError):
+    """Raised on every rank when the checkpoint after a stop could not be written (rank 0 said why)."""
+
+
+class GenerationAbandoned(Exception):
+    """Every rank agreed to stop during a generation: its partial work is dropped, the state at its start kept."""
+
+
+class SystematicFailure(RuntimeError):
+    """Raised on every rank when members kept failing (fault_policy); the last good state was checkpointed."""
 
 
 def say(comm, *args, file=None):
@@ -188,6 +202,7 @@ class Trainer:
         self.cfg = cfg = setup.cfg
         self.state = setup.state
         self.resumed_from = setup.resumed_from
+        self.last_checkpoint: Path | None = setup.resumed_from  # newest checkpoint of this run, on every rank
         self.run_dir = Path(cfg.run_dir)
         if comm.size > cfg.population:
             raise ConfigError(f"more ranks ({comm.size}) than population members ({cfg.population}): "
@@ -210,6 +225,9 @@ class Trainer:
         # so that the tests can prove the cross-rank hash check catches it.
         inject = os.environ.get("NES_MPI_INJECT_DIVERGENCE", "")
         self._inject_divergence = tuple(int(x) for x in inject.split(":")) if inject else None
+        # NES_MPI_DELAY_STOP_WRITE=SECONDS makes rank 0 wait before writing a stop checkpoint, so that the
+        # tests can prove no rank exits before the checkpoint is durable, and can time a second Ctrl-C.
+        self._delay_stop_write = float(os.environ.get("NES_MPI_DELAY_STOP_WRITE", "0") or 0)
         if self.dim > cfg.noise_table_size:
             raise ConfigError(f"--noise-table-size {cfg.noise_table_size} is smaller than the policy ({self.dim} parameters)")
 
@@ -242,7 +260,7 @@ class Trainer:
             self.wall_seconds = s.wall_seconds
             self.eval_return, self.best_eval_return = s.eval_return, s.best_eval_return
             history = s.history
-        self.log = RunLog(self.run_dir, history, active=comm.rank == 0)
+        self.log = RunLog(self.run_dir, history, active=comm.rank == 0, tensorboard=cfg.tensorboard)
         if comm.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
@@ -258,9 +276,12 @@ class Trainer:
             mean, std = self.obs_norm.mean_std()
             params = np.repeat(self.theta[None, :], len(slots), axis=0)
             res = rollout(self.envs[: len(slots)], self.max_steps, self.policy, params, seeds, mean, std,
-                          cfg.obs_clip, collect_obs=False)
-            mine[:, 0] = res.returns
-            mine[:, 1] = res.steps
+                          self.obs_norm.clip, collect_obs=False, poll=self.channel.poll)
+            if res is not None:
+                mine[:, 0] = res.returns
+                mine[:, 1] = res.steps
+        if self.channel.agree():
+            raise GenerationAbandoned
         every = gather_rows(self.comm, mine, cfg.eval_episodes)
         ok = every[np.isfinite(every[:, 0]), 0]
         if ok.size < len(every):  # a failed episode must not turn the evaluation (and best.h5) into NaN
@@ -278,7 +299,9 @@ class Trainer:
         seeds = [[episode_seed(cfg.seed, g, m, e) for e in range(cfg.episodes_per_member)] for m in members]
         mean, std = self.obs_norm.mean_std()
         res = rollout(self.envs[: len(members)], self.max_steps, self.policy, params, seeds, mean, std,
-                      cfg.obs_clip, cfg.survival_bonus, collect_obs=cfg.obs_norm)
+                      self.obs_norm.clip, cfg.survival_bonus, collect_obs=cfg.obs_norm, poll=self.channel.poll)
+        if self.channel.agree():  # every rank, whether its rollout finished or was cut short by a stop
+            raise GenerationAbandoned
         for slot, msg in res.errors:
             print(f"nes_mpi: rank {self.comm.rank}: generation {g} member {members[slot]}: {msg}", file=sys.stderr, flush=True)
         od = self.spec.obs_dim
@@ -330,49 +353,58 @@ class Trainer:
         return s, len(self.log.rows["generation"])
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
-        """Collective: every rank calls it (the hash check); rank 0 writes."""
-        check_identical(self.comm, self.theta, self.generation)  # never write parameters the ranks disagree on
+        """Rank 0 writes (the other ranks only note the path); callers run the cross-rank hash check first."""
+        self.last_checkpoint = ckpt.checkpoint_path(self.run_dir, self.generation)
         if self.comm.rank != 0:
             return None
         state = self.train_state()
-        path = ckpt.save(state, ckpt.checkpoint_path(self.run_dir, self.generation))
+        path = ckpt.save(state, self.last_checkpoint)
         ckpt.prune(self.run_dir, self.cfg.keep_checkpoints)
         return path
 
     def save_best(self) -> None:
-        """Collective like save_checkpoint."""
-        check_identical(self.comm, self.theta, self.generation)
         if self.comm.rank == 0:
             ckpt.save(self.train_state(), ckpt.checkpoint_dir(self.run_dir) / "best.h5")
 
     def update_best(self, ev: float) -> None:
-        """best.h5 follows the best finite evaluation, the one at generation 0 included."""
+        """Collective: best.h5 follows the best finite evaluation, the one at generation 0 included."""
         if math.isfinite(ev) and ev > self.best_eval_return:
             self.best_eval_return = ev
+            check_identical(self.comm, self.theta, self.generation)
             self.save_best()
 
-    def stop_on_failures(self, snapshot: tuple[TrainState, int], cause: str) -> int:
-        """A systematic failure: checkpoint the last good state (unpruned), say why, exit 1."""
+    def stop_on_failures(self, snapshot: tuple[TrainState, int], cause: str) -> None:
+        """Collective, on a systematic failure: checkpoint the last good state (unpruned) and raise why."""
         good, rows = snapshot
         good.history = {c: v[:rows] for c, v in self.log.history().items()}
         check_identical(self.comm, good.params, good.generation)
         path = ckpt.checkpoint_path(self.run_dir, good.generation)
+        msg = (f"{cause}. The last good state (generation {good.generation}) is in {path}; "
+               f"fix the environment, then resume from it with --resume {path} --rewind")
         if self.comm.rank == 0:
             ckpt.save(good, path)
-        say(self.comm, f"nes_mpi: error: {cause}. The last good state (generation {good.generation}) is in {path}; "
-                       f"fix the environment, then resume from it with --resume {path} --rewind", file=sys.stderr)
-        return EXIT_SYSTEMATIC_FAILURE
+            self.record_status("failed", EXIT_ERROR, cause, path)
+        self.channel.close()  # collective: no rank leaves before rank 0 has written the checkpoint
+        self.last_checkpoint = path
+        raise SystematicFailure(msg)
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, stop: StopRequest) -> int:
+        """Train to cfg.generations (0) or until a stop is agreed (EXIT_PREEMPTED); rank 0 keeps status.json."""
         cfg, comm = self.cfg, self.comm
+        self.channel = StopChannel(comm, stop)
         say(comm, f"nes_mpi: {'resuming ' + str(self.resumed_from) + ' at generation ' + str(self.generation) if self.resumed_from else 'new run'}"
                   f" | env {cfg.env} | {comm.size} rank(s) | {self.dim} parameters | run dir {self.run_dir}")
         say(comm, "nes_mpi: config " + cfg.to_json())
+        self.record_status("running", None, "training", self.resumed_from)
         start = time.perf_counter()
+        last_saved = self.generation if self.resumed_from else -1
         if self.generation == 0 and not self.log.rows["generation"] and cfg.eval_every:
             t0 = time.perf_counter()
-            ev, ev_std, ev_steps = self.evaluate(0)
+            try:
+                ev, ev_std, ev_steps = self.evaluate(0)
+            except GenerationAbandoned:
+                return self._stop(last_saved, t0)
             self.eval_return = ev
             dt = time.perf_counter() - t0
             row = {"generation": 0, "timesteps": 0, "episodes": 0, "eval_return": ev, "eval_return_std": ev_std,
@@ -381,58 +413,126 @@ class Trainer:
             self.log.append(row)
             say(comm, console_line(row))
             self.update_best(ev)
-        last_saved = self.generation if self.resumed_from else -1
         failures = FailureWatch(cfg.fail_fraction, cfg.fail_generations)
         slices = [member_range(cfg.population, comm.size, r) for r in range(comm.size)]
         good = None
         while self.generation < cfg.generations:
             t0 = time.perf_counter()
             good = self.snapshot() if failures.streak == 0 else good
-            row = self.step()
-            g = self.generation
+            evaluating = cfg.eval_every and (self.generation + 1) % cfg.eval_every == 0
+            before = self._numerics() if evaluating else None
+            try:
+                row = self.step()
+                g = self.generation
+                steps = row.pop("_steps")
+                if evaluating:
+                    ev, ev_std, ev_steps = self.evaluate(g)
+                    steps += ev_steps
+                    row["eval_return"], row["eval_return_std"] = ev, ev_std
+                    self.eval_return = ev
+            except GenerationAbandoned:
+                if before is not None:
+                    self._restore_numerics(before)
+                return self._stop(last_saved, t0)
             cause = failures.observe(g, self.last_failed, slices)
             if cause:
                 self.log.append(row)
-                return self.stop_on_failures(good, cause)
-            steps = row.pop("_steps")
-            if cfg.eval_every and g % cfg.eval_every == 0:
-                ev, ev_std, ev_steps = self.evaluate(g)
-                steps += ev_steps
-                row["eval_return"], row["eval_return_std"] = ev, ev_std
-                self.eval_return = ev
+                self.stop_on_failures(good, cause)
             if self._inject_divergence == (comm.rank, g):  # fault injection for the tests, see __init__
                 self.theta = self.theta.copy()
                 self.theta[0] += np.float32(0.01)
-            if g % cfg.check_every == 0 or g == cfg.generations:
+            writing = g % cfg.checkpoint_every == 0 or g == cfg.generations
+            if g % cfg.check_every == 0 or writing:  # never write parameters the ranks disagree on
                 check_identical(comm, self.theta, g)
-            stopping = any_rank(comm, stop.requested)
             dt = time.perf_counter() - t0
             row.update(gen_seconds=dt, steps_per_s=steps / dt, wall_seconds=self.wall_seconds + dt)
             self.wall_seconds += dt
             self.log.append(row)
-            if g % cfg.log_every == 0 or g == cfg.generations or stopping:
+            if g % cfg.log_every == 0 or g == cfg.generations:
                 say(comm, console_line(row))
             self.update_best(row.get("eval_return", math.nan))
-            if g % cfg.checkpoint_every == 0 or g == cfg.generations or stopping:
-                path = self.save_checkpoint()
+            if writing:
+                self.save_checkpoint()
                 last_saved = g
-                if path is not None and stopping:
-                    say(comm, f"nes_mpi: stop requested ({stop.signal_name or 'signal on another rank'}): "
-                              f"checkpoint {path} written at generation {g}; exiting with code {EXIT_PREEMPTED}")
-            if stopping:
-                return EXIT_PREEMPTED
+        path = None
         if last_saved != self.generation:
-            self.save_checkpoint()
+            path = self.save_checkpoint()
+        self.channel.close()
+        self.record_status("finished", 0, "reached the last generation", path or ckpt.checkpoint_path(self.run_dir, self.generation))
         say(comm, f"nes_mpi: done: {self.generation} generations, {self.timesteps:,} timesteps, "
                   f"eval return {self.eval_return:.1f} (best {self.best_eval_return:.1f}), "
                   f"{time.perf_counter() - start:.1f} s this session; checkpoints in {ckpt.checkpoint_dir(self.run_dir)}")
         return 0
 
+    def _numerics(self) -> dict:
+        """What a generation changes, copied: restored when a stop abandons it after the update."""
+        return copy.deepcopy({"theta": self.theta, "optimizer": self.optimizer.state_dict(),
+                              "obs_norm": self.obs_norm.state_dict(), "generation": self.generation,
+                              "timesteps": self.timesteps, "episodes": self.episodes, "eval_return": self.eval_return})
+
+    def _restore_numerics(self, saved: dict) -> None:
+        self.theta = saved["theta"]
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.obs_norm.load_state_dict(saved["obs_norm"])
+        self.generation, self.timesteps, self.episodes = saved["generation"], saved["timesteps"], saved["episodes"]
+        self.eval_return = saved["eval_return"]
+
+    def _stop(self, last_saved: int, gen_start: float) -> int:
+        """Every rank agreed to stop: checkpoint the state at the start of the abandoned generation.
+
+        No rank leaves before rank 0 has said, in a collective, that the checkpoint is durable (written,
+        fsynced, renamed) or that writing it failed: a launcher that kills the job when the first rank
+        exits must not cut the write short.
+        """
+        comm = self.comm
+        abandoned = time.perf_counter() - gen_start
+        check_identical(comm, self.theta, self.generation)
+        self.channel.close()
+        has_state = self.generation > 0 or bool(self.log.rows["generation"])
+        outcome = None
+        if comm.rank == 0:
+            why = f"stop requested by {self.channel.reason()}"
+            try:
+                time.sleep(self._delay_stop_write)  # fault injection for the tests, see __init__
+                path = None
+                if has_state and last_saved != self.generation:
+                    path = self.save_checkpoint()
+                elif has_state:
+                    path = ckpt.checkpoint_path(self.run_dir, self.generation)
+                self.record_status("stopped", EXIT_PREEMPTED, why, path)
+                where = f"checkpoint {path} holds generation {self.generation}" if path else "nothing to checkpoint yet"
+                outcome = (EXIT_PREEMPTED, f"nes_mpi: {why}: generation {self.generation + 1} abandoned after "
+                                           f"{abandoned:.1f} s; {where}; exiting with code {EXIT_PREEMPTED}",
+                           str(path) if path else None)
+            except Exception as e:  # the one place a stop can fail: say so, and do not claim a checkpoint
+                msg = f"writing the checkpoint after a stop failed: {type(e).__name__}: {e}"
+                try:
+                    self.record_status("failed", EXIT_ERROR, msg, None)
+                except OSError:
+                    pass
+                outcome = (EXIT_ERROR, msg, None)
+        code, msg, path = comm.bcast(outcome, root=0)
+        if code != EXIT_PREEMPTED:
+            raise StopFailed(msg)
+        say(comm, msg)
+        if path:
+            self.last_checkpoint = Path(path)
+        return code
+
+    def record_status(self, state: str, exit_code: int | None, reason: str, checkpoint=None) -> None:
+        """Rank 0 writes RUN_DIR/status.json (see nes_mpi.status); other ranks do nothing."""
+        if self.comm.rank == 0:
+            write_status(self.run_dir, state, self.generation, self.cfg.generations, exit_code, reason, checkpoint)
+
     def close(self):
+        self.close_envs()
+        if hasattr(self, "shared_noise"):
+            self.shared_noise.free()
+
+    def close_envs(self):
+        """The local part of close(): safe on one rank alone (freeing the shared noise is collective)."""
         for h in self.handles:
             try:
                 h.outer.close()
             except Exception:
                 pass
-        if hasattr(self, "shared_noise"):
-            self.shared_noise.free()

@@ -44,6 +44,24 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("nes_mpi: error")]
 
 
+def episode_by_hand(env, spec, theta, seed: int, transform) -> float:
+    """Return of one episode of the policy (spec, theta) fed transform(observation), stepped in plain Python:
+    an independent reference for what the rollout or the trainer computed."""
+    import numpy as np
+
+    from nes_mpi.policy import BatchPolicy
+
+    policy = BatchPolicy(spec)
+    policy.load(theta[None, :])
+    obs, _ = env.reset(seed=seed)
+    total, done = 0.0, False
+    while not done:
+        obs, r, term, trunc, _ = env.step(policy(transform(np.asarray(obs, np.float32))[None, :])[0])
+        total += r
+        done = term or trunc
+    return total
+
+
 @pytest.fixture(scope="session")
 def mpiexec():
     if MPIEXEC is None:

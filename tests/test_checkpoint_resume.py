@@ -49,10 +49,22 @@ def final(run, g):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    run = tmp_path_factory.mktemp("straight") / "run"
-    nes(*BASE, "--generations", "6", "--run-dir", run, ranks=2, check=True)
-    return run
+def straight_to(tmp_path_factory):
+    """straight_to(G): the run dir of BASE trained straight through to G generations on 2 ranks (cached)."""
+    runs = {}
+
+    def run_to(generations: int) -> Path:
+        if generations not in runs:
+            run = tmp_path_factory.mktemp(f"straight{generations}") / "run"
+            nes(*BASE, "--generations", generations, "--run-dir", run, ranks=2, check=True)
+            runs[generations] = run
+        return runs[generations]
+    return run_to
+
+
+@pytest.fixture(scope="module")
+def straight(straight_to):
+    return straight_to(6)
 
 
 @pytest.mark.parametrize("ranks_first,ranks_second", [(2, 2), (1, 3), (3, 2)])
@@ -67,6 +79,37 @@ def test_interrupted_and_resumed_equals_straight(tmp_path, mpiexec, straight, ra
     assert [[r[c] for c in DETERMINISTIC] for r in rows[0]] == [[r[c] for c in DETERMINISTIC] for r in rows[1]]
 
 
+# Option sets beyond the defaults, each small and short. Every one: 1 rank straight to 4 generations vs 2 ranks to
+# 2, then resumed on 3 ranks to 4 -- exact resume and rank-count invariance at once.
+OPTION_SETS = {
+    "sgd-top-directions-survival-bonus": ["--env", "Hopper-v5", "--optimizer", "sgd", "--top-directions", "0.5",
+                                          "--survival-bonus", "1.0", "--population", "10"],
+    "clipup-linear-2-episodes-raw-obs": ["--env", "Hopper-v5", "--optimizer", "clipup", "--policy", "linear",
+                                         "--episodes-per-member", "2", "--no-obs-norm", "--population", "8"],
+    "cartpole-discrete-no-antithetic": ["--env", "CartPole-v1", "--no-antithetic", "--population", "7"],
+    "user-env-sgd": ["--env", "faulty_envs:PointEnv", "--optimizer", "sgd", "--population", "6"],
+}
+SMALL = ["--max-episode-steps", "60", "--hidden-sizes", "16,16", "--eval-every", "2", "--eval-episodes", "3",
+         "--noise-table-size", str(1 << 20), "--checkpoint-every", "2"]
+
+
+@pytest.mark.parametrize("options", list(OPTION_SETS.values()), ids=list(OPTION_SETS))
+def test_options_resume_exactly_on_any_number_of_ranks(tmp_path, mpiexec, options):
+    args = [*options, *SMALL]
+    one = tmp_path / "one"
+    nes(*args, "--generations", "4", "--run-dir", one, ranks=1, check=True)
+    split = tmp_path / "split"
+    nes(*args, "--generations", "2", "--run-dir", split, ranks=2, check=True)
+    proc = nes(*args, "--generations", "4", "--run-dir", split, "--resume", "auto", ranks=3, check=True)
+    assert "resuming" in proc.stdout
+    a, b = state_of(final(one, 4)), state_of(final(split, 4))
+    assert_same_state(a, b)
+    assert a["counters"][0] == 4 and np.isfinite(a["params"]).all()
+    assert not np.array_equal(a["params"], ckpt.load(final(split, 2)).params)  # the run did move
+    rows = [list(csv.DictReader(open(r / "log.csv"))) for r in (one, split)]
+    assert [[r[c] for c in DETERMINISTIC] for r in rows[0]] == [[r[c] for c in DETERMINISTIC] for r in rows[1]]
+
+
 def test_resume_auto_in_an_empty_run_dir_starts_fresh(tmp_path, mpiexec, straight):
     run = tmp_path / "run"
     proc = nes(*BASE, "--generations", "6", "--run-dir", run, "--resume", "auto", ranks=2, check=True)
@@ -74,8 +117,8 @@ def test_resume_auto_in_an_empty_run_dir_starts_fresh(tmp_path, mpiexec, straigh
     assert_same_state(state_of(final(straight, 6)), state_of(final(run, 6)))
 
 
-def _rank_pids(tag: str = "tag") -> dict[int, int]:
-    """PMI rank -> pid of the python ranks started with NES_TEST_TAG=tag (read from /proc)."""
+def _rank_pids(tag: str) -> dict[int, int]:
+    """PMI rank -> pid of the python ranks launched with NES_TEST_TAG=tag (read from /proc)."""
     out = {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -94,9 +137,14 @@ def _rank_pids(tag: str = "tag") -> dict[int, int]:
 
 
 def _launch(args, ranks):
-    env = {**child_env(), "NES_TEST_TAG": "tag"}
-    return subprocess.Popen([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "nes_mpi", *map(str, args)],
+    """Start a run in the background, tagged so that _rank_pids finds its ranks and no one else's (other test
+    sessions may be running the same tests on this machine at the same time)."""
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    env = {**child_env(), "NES_TEST_TAG": tag}
+    proc = subprocess.Popen([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "nes_mpi", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc.tag = tag
+    return proc
 
 
 def _wait_for(path: Path, proc, timeout=120):
@@ -108,11 +156,11 @@ def _wait_for(path: Path, proc, timeout=120):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])
-def test_signal_on_one_rank_checkpoints_and_exits_75(tmp_path, mpiexec, straight, sig):
+def test_signal_on_one_rank_checkpoints_and_exits_75(tmp_path, mpiexec, straight_to, sig):
     run = tmp_path / "run"
     proc = _launch([*BASE, "--generations", "100000", "--run-dir", run], ranks=3)
     _wait_for(final(run, 2), proc)
-    pids = _rank_pids()
+    pids = _rank_pids(proc.tag)
     assert sorted(pids) == [0, 1, 2], pids
     os.kill(pids[1], sig)  # only rank 1 hears it
     out, err = proc.communicate(timeout=120)
@@ -121,25 +169,28 @@ def test_signal_on_one_rank_checkpoints_and_exits_75(tmp_path, mpiexec, straight
     newest = ckpt.list_checkpoints(run)[0][1]
     g = info(newest)["generation"]
     assert g >= 2
-    # the signal-triggered checkpoint is a proper resume point: continue to 6 ... or compare if we passed it
-    if g <= 6:
-        nes(*BASE, "--generations", "6", "--run-dir", run, "--resume", "auto", ranks=2, check=True)
-        assert_same_state(state_of(final(straight, 6)), state_of(final(run, 6)))
+    # the signal-triggered checkpoint is a proper resume point, wherever the signal landed: continue it one
+    # generation and compare with a run that went straight there
+    nes(*BASE, "--generations", g + 1, "--run-dir", run, "--resume", "auto", ranks=2, check=True)
+    assert_same_state(state_of(final(straight_to(g + 1), g + 1)), state_of(final(run, g + 1)))
 
 
-def test_kill_9_then_resume_auto_loses_at_most_the_generations_since_the_last_checkpoint(tmp_path, mpiexec, straight):
+def test_kill_9_then_resume_auto_loses_at_most_the_generations_since_the_last_checkpoint(tmp_path, mpiexec, straight_to):
     run = tmp_path / "run"
-    proc = _launch([*BASE, "--generations", "6", "--run-dir", run, "--checkpoint-every", "2"], ranks=2)
+    proc = _launch([*BASE, "--generations", "100000", "--run-dir", run, "--checkpoint-every", "2"], ranks=2)
     _wait_for(final(run, 4), proc)
     os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank, no chance to clean up
     proc.communicate()
+    # the kill landed mid-run: mpiexec died of SIGKILL (it did not exit by itself) long before generation 100000
+    assert proc.returncode == -signal.SIGKILL
     got, skipped = ckpt.latest_good(run)
     assert got is not None and not skipped
     lost_from = ckpt.load(got).generation
-    assert lost_from >= 4
-    proc2 = nes(*BASE, "--generations", "6", "--run-dir", run, "--resume", "auto", ranks=2, check=True)
+    assert 4 <= lost_from < 100000
+    target = lost_from + 2
+    proc2 = nes(*BASE, "--generations", target, "--run-dir", run, "--resume", "auto", ranks=2, check=True)
     assert f"at generation {lost_from}" in proc2.stdout
-    assert_same_state(state_of(final(straight, 6)), state_of(final(run, 6)))
+    assert_same_state(state_of(final(straight_to(target), target)), state_of(final(run, target)))
 
 
 def test_a_torn_newest_checkpoint_is_skipped_by_resume_auto(tmp_path, mpiexec, straight):
@@ -247,3 +298,44 @@ def test_checkpoint_roundtrip_and_atomic_write(tmp_path, straight):
         for name in ("params", "optimizer/m", "optimizer/v", "obs_norm/sum", "obs_norm/sumsq", "obs_norm/count",
                      "history/eval_return", "noise"):
             assert name in f
+
+
+WRITER = """
+import sys
+import numpy as np
+from nes_mpi import checkpoint as ckpt
+s = ckpt.load(sys.argv[1])
+s.params = np.random.default_rng(0).standard_normal(int(sys.argv[3]), dtype=np.float32)  # a big state: a slow write
+ckpt.save(s, sys.argv[2])
+"""
+
+
+def test_kill_9_during_save_leaves_the_previous_checkpoint_intact(tmp_path, straight):
+    """SIGKILL a real writer process while checkpoint.save replaces ckpt_000006.h5 with a 256 MB state: the old
+    file must still be there, byte for byte, load, pass its checksum and be what --resume auto picks."""
+    run = tmp_path / "run"
+    target = final(run, 6)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(final(straight, 6).read_bytes())
+    before = hashlib.sha256(target.read_bytes()).hexdigest()
+    n_params = 64 << 20  # float32: 256 MB to hash, write and fsync
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(final(straight, 6)), str(target), str(n_params)],
+                              env=child_env(), stderr=subprocess.PIPE, text=True)
+    tmp = target.with_name(f".{target.name}.tmp-{writer.pid}")
+    t0 = time.time()
+    size = lambda p: p.stat().st_size if p.exists() else 0  # noqa: E731
+    assert size(target) < 1 << 20
+    while max(size(tmp), size(target)) < 1 << 20:  # until the parameters are being written (wherever they go)
+        assert writer.poll() is None, f"the writer finished before the kill: {writer.communicate()}"
+        assert time.time() - t0 < 120, "the writer never started writing"
+        time.sleep(0.0005)
+    writer.kill()
+    writer.communicate()
+    # the kill landed mid-write: the writer died of SIGKILL, and its temporary file was never renamed over the target
+    assert writer.returncode == -signal.SIGKILL
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == before
+    assert tmp.exists(), "no temporary file: the kill did not land during the write"
+    assert tmp.stat().st_size < 4 * n_params, f"the write had finished ({tmp.stat().st_size} bytes)"
+    print(f"killed with {tmp.stat().st_size:,} of about {4 * n_params:,} bytes written")
+    assert np.array_equal(ckpt.load(target).params, ckpt.load(final(straight, 6)).params)
+    assert ckpt.latest_good(run) == (target, [])

@@ -4,15 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from faulty_envs import NanObsOnSeed
+from conftest import episode_by_hand
+from faulty_envs import LargeObsPointEnv, NanObsOnSeed, PointEnv, RaiseOnResetSeed
 from nes_mpi.envs import make_env
+from nes_mpi.obs_norm import ObsNorm
 from nes_mpi.policy import BatchPolicy, initial_params, spec_for
 from nes_mpi.rollout import rollout
 
 
-def _run(envs, params, seeds, spec, max_steps=50):
+def _run(envs, params, seeds, spec, max_steps=50, obs_clip=5.0):
     mean, std = np.zeros(spec.obs_dim, np.float32), np.ones(spec.obs_dim, np.float32)
-    return rollout(envs, max_steps, BatchPolicy(spec), params, seeds, mean, std, 5.0)
+    return rollout(envs, max_steps, BatchPolicy(spec), params, seeds, mean, std, obs_clip)
 
 
 def test_members_alone_and_in_a_shrinking_batch_agree_bitwise():
@@ -47,3 +49,31 @@ def test_early_terminations_do_not_couple_members(env_id):
         alone = _run([make_env(env_id).env], params[b : b + 1], [seeds[b]], spec, max_steps=200)
         assert alone.returns[0] == batch.returns[b] and alone.steps[0] == batch.steps[b]
         assert np.array_equal(alone.obs_sum[0], batch.obs_sum[b])
+
+
+@pytest.mark.parametrize("make_faulty", [lambda: RaiseOnResetSeed(bad_seed=9), lambda: NanObsOnSeed(bad_seed=9, value=np.inf)],
+                         ids=["reset-raises-between-episodes", "inf-obs-found-after-the-last-episode"])
+def test_a_member_failing_after_an_episode_ended_counts_each_step_once(make_faulty):
+    """PointEnv episodes are 50 steps. The member fails after its first episode (reset raises) or once all its
+    episodes are done (an inf observation is clipped, so it runs on, and its sums are rejected at the end):
+    it took exactly 50 or 100 steps, and the finished episode's steps must not be added again."""
+    spec = spec_for(PointEnv(), "mlp", (8,), "tanh")
+    params = np.repeat(initial_params(spec, 0)[None, :], 2, axis=0)
+    res = _run([make_faulty(), make_faulty()], params, [[1, 9], [1, 2]], spec)
+    assert res.failed.tolist() == [True, False]
+    taken = 50 if isinstance(make_faulty(), RaiseOnResetSeed) else 100
+    assert res.steps.tolist() == [taken, 100]
+
+
+def test_without_normalisation_the_policy_sees_raw_unclipped_observations():
+    """With --no-obs-norm the rollout must feed the policy the env's own observations, even far beyond +-5:
+    its return equals a hand-stepped episode on raw observations and differs from a clipped one."""
+    norm = ObsNorm(3, clip=5.0, enabled=False)
+    mean, std = norm.mean_std()
+    assert norm.clip == np.inf
+    spec = spec_for(LargeObsPointEnv(), "linear", (), "tanh")
+    theta = (0.01 * np.random.default_rng(3).standard_normal(spec.num_params)).astype(np.float32)
+    res = rollout([LargeObsPointEnv()], 50, BatchPolicy(spec), theta[None, :], [[4]], mean, std, norm.clip)
+
+    assert res.returns[0] == episode_by_hand(LargeObsPointEnv(), spec, theta, 4, lambda o: o)
+    assert res.returns[0] != episode_by_hand(LargeObsPointEnv(), spec, theta, 4, lambda o: np.clip(o, -5, 5))

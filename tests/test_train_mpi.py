@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from conftest import error_lines, info, nes
+from conftest import episode_by_hand, error_lines, info, nes
 
 pytestmark = pytest.mark.mpi
 
@@ -160,3 +160,27 @@ def test_help_lists_every_option():
                 "--seed", "--policy", "--hidden-sizes", "--activation", "--episodes-per-member",
                 "--max-episode-steps", "--run-dir", "--eval-every", "--log-every", "--resume", "--config"):
         assert opt in proc.stdout
+
+
+def test_no_obs_norm_feeds_the_trainer_raw_observations(tmp_path, mpiexec):
+    """End to end: with --no-obs-norm the generation-0 evaluation equals an episode of the initial policy stepped
+    by hand on raw observations (in the hundreds here), and differs from one on observations clipped to +-5."""
+    import numpy as np
+    from faulty_envs import LargeObsPointEnv
+    from nes_mpi.policy import initial_params, spec_for
+    from nes_mpi.rollout import episode_seed
+
+    EVAL_STREAM = 1  # nes_mpi.trainer.EVAL_STREAM; importing the trainer would start MPI in this process
+    run = tmp_path / "raw"
+    nes("--env", "faulty_envs:LargeObsPointEnv", "--no-obs-norm", "--hidden-sizes", "8", "--generations", "1",
+        "--population", "2", "--eval-every", "1", "--eval-episodes", "1", "--noise-table-size", str(1 << 20),
+        "--run-dir", run, ranks=1, check=True)
+    first = read_log(run)[0]
+    assert first["generation"] == "0"
+    spec = spec_for(LargeObsPointEnv(), "mlp", (8,), "tanh")
+    theta = initial_params(spec, 0)
+    seed = episode_seed(0, 0, 0, 0, EVAL_STREAM)
+    raw = episode_by_hand(LargeObsPointEnv(), spec, theta, seed, lambda o: o)
+    assert float(first["eval_return"]) == pytest.approx(raw, rel=1e-12)
+    assert raw != pytest.approx(episode_by_hand(LargeObsPointEnv(), spec, theta, seed, lambda o: np.clip(o, -5, 5)),
+                                rel=1e-6)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -54,15 +55,25 @@ class WrongShapeOnRank1(PointEnv):
         return obs, r, term, trunc, info
 
 
+class FailsToBuildOnRank1(PointEnv):
+    """Raises while being constructed on MPI rank 1 only: a setup failure the other ranks cannot see."""
+
+    def __init__(self, **kw):
+        if os.environ.get("PMI_RANK") == "1":
+            raise RuntimeError("no simulator licence on this node")
+        super().__init__(**kw)
+
+
 gym.register(id="PointEnv-v0", entry_point="faulty_envs:PointEnv", max_episode_steps=40)
 
 
 class NanObsOnSeed(PointEnv):
-    """A NaN observation at step 5 of the episode reset with `bad_seed`, and only that one."""
+    """A NaN (or `value`) observation at step 5 of the episode reset with `bad_seed`, and only that one."""
 
-    def __init__(self, bad_seed: int = 7):
+    def __init__(self, bad_seed: int = 7, value: float = np.nan):
         super().__init__()
         self.bad_seed = bad_seed
+        self.value = value
         self.seed_now = None
 
     def reset(self, *, seed=None, options=None):
@@ -73,8 +84,58 @@ class NanObsOnSeed(PointEnv):
         obs, r, term, trunc, info = super().step(action)
         if self.seed_now == self.bad_seed and self.t == 5:
             obs = obs.copy()
-            obs[0] = np.nan
+            obs[0] = self.value
         return obs, r, term, trunc, info
+
+
+class RaiseOnResetSeed(PointEnv):
+    """reset() raises for `bad_seed`: a member fails between two episodes."""
+
+    def __init__(self, bad_seed: int = 9):
+        super().__init__()
+        self.bad_seed = bad_seed
+
+    def reset(self, *, seed=None, options=None):
+        if seed == self.bad_seed:
+            raise RuntimeError("reset exploded")
+        return super().reset(seed=seed, options=options)
+
+
+class LargeObsPointEnv(PointEnv):
+    """PointEnv observed in centimetres: observations far outside the +-5 clip of normalised ones."""
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        return 100.0 * obs, info
+
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        return 100.0 * obs, r, term, trunc, info
+
+
+class SlowPointEnv(PointEnv):
+    """PointEnv whose steps take `step_seconds` of wall time (a sleep: no CPU), to make generations long.
+
+    Slow only while the file `gate` exists (no gate: always) and, with `slow_seeds`, only in episodes
+    reset with one of those seeds (e.g. one generation's evaluation episodes). The dynamics, and so
+    every number the run computes, are PointEnv's.
+    """
+
+    def __init__(self, step_seconds: float = 0.5, gate: str = "", slow_seeds=None):
+        super().__init__()
+        self.step_seconds = step_seconds
+        self.gate = gate
+        self.slow_seeds = set(slow_seeds) if slow_seeds is not None else None
+        self.slow = False
+
+    def reset(self, *, seed=None, options=None):
+        self.slow = self.slow_seeds is None or seed in self.slow_seeds
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self.slow and (not self.gate or os.path.exists(self.gate)):
+            time.sleep(self.step_seconds)
+        return super().step(action)
 
 
 class RaiseOnRank1(PointEnv):

@@ -23,6 +23,7 @@ DIR=${NES_SLURM_DIR:-/tmp/nes_mpi_slurm}
 CTLD_PORT=${NES_SLURM_CTLD_PORT:-6817}
 SLURMD_PORT=${NES_SLURM_SLURMD_PORT:-6818}
 START_TIMEOUT=${NES_SLURM_START_TIMEOUT:-90}
+KILL_WAIT=${NES_SLURM_KILL_WAIT:-5}
 
 CONF=$DIR/etc/slurm.conf
 MUNGE_SOCKET=$DIR/munge/munge.socket.2
@@ -155,7 +156,9 @@ MinJobAge=3600
 # kvsname, which under srun --mpi=pmi2 is "<jobid>.<stepid>", and a segment left
 # by a killed job 2 of an earlier cluster broke MPI_Init of the next job 2.
 FirstJobId=$first_job_id
-KillWait=30
+# SIGTERM -> SIGKILL delay when a job ends or is requeued (default 30 s). Short, so
+# the tests can have generations longer than it with a small CPU budget.
+KillWait=$KILL_WAIT
 InactiveLimit=0
 SchedulerParameters=sched_interval=5
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$ncpu State=UNKNOWN

