@@ -37,7 +37,8 @@ def make_state(spec: PolicySpec, env: str, generations: int = 1000) -> ckpt.Trai
     cfg = Config(env=env, hidden_sizes=spec.hidden_sizes).to_dict()
     return ckpt.TrainState(
         params=rng.standard_normal(p).astype(np.float32),
-        optimizer={"t": 1000, "m": rng.standard_normal(p).astype(np.float32), "v": rng.random(p).astype(np.float32)},
+        strategy={"opt_t": np.int64(1000), "opt_m": rng.standard_normal(p).astype(np.float32),
+                  "opt_v": rng.random(p).astype(np.float32)},
         obs_norm={"count": np.int64(10**7), "sum": rng.standard_normal(spec.obs_dim), "sumsq": rng.random(spec.obs_dim)},
         generation=generations, timesteps=10**8, episodes=10**5, wall_seconds=3600.0, eval_return=1.0,
         best_eval_return=2.0, config=cfg, policy=spec.to_dict(), history=hist)

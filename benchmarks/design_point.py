@@ -9,15 +9,15 @@ them does in a generation, with the trainer's own functions:
 
   rollout     `rollout()` of 16 members on real Humanoid-v5 environments with a
               256-256 policy, 1,000-step episodes (see the assumptions below)
-  ask         `NES.ask` for those 16 members, their episode seeds, obs mean/std
-  update      `NES.tell` with 1,024 fitnesses on a 2^25 table (weighted sum of
+  ask         `OpenAIES.ask` for those 16 members, their episode seeds, obs mean/std
+  update      `OpenAIES.tell` with 1,024 fitnesses on a 2^25 table (weighted sum of
               512 antithetic slices, weight decay, Adam, norms)
   obs-norm    the trainer's packing of its rows, pooling of 1,024 members' sums
               and `ObsNorm.update`
   check       sha256 of the parameters (`params_digest`, every check_every)
   checkpoint  `checkpoint.save` + `prune` on rank 0 (every checkpoint_every)
   log         one CSV row on rank 0
-  allgatherv  `comm.gather_rows` of 1,024 x (5 + 2 obs_dim) float64, measured
+  allgatherv  `comm.gather_rows` of 1,024 x (6 + 2 obs_dim) float64, measured
               with 2 ranks under mpiexec and modelled for 64 ranks
 
 Compute pieces are timed with both the wall clock and the process CPU clock:
@@ -30,7 +30,7 @@ The checkpoint (fsync) and the collectives are wall clock only. Unless
     .venv/bin/python benchmarks/design_point.py --quick    # ~1 minute, no trainer check
 
 Writes benchmarks/results/design_point.json. scaling.py and memory.py import
-the machine-info, result-writing and process helpers from here.
+its Bench, the Allgatherv measurement and the cost model from here.
 """
 from __future__ import annotations
 
@@ -40,11 +40,9 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS
     os.environ.setdefault(_var, "1")  # the trainer runs one thread per rank (nes_mpi/__main__.py)
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -54,10 +52,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine_info, write_result  # noqa: E402,F401  (re-exported for scaling/memory)
-
-PYTHON = sys.executable
-MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+from common import MPIEXEC, PYTHON, REPO, clock, machine_info, median, no_mpi_init, run_trainer, timed, write_result  # noqa: E402
 
 ENV = "Humanoid-v5"
 HIDDEN = (256, 256)
@@ -80,154 +75,6 @@ NETWORKS = {
 }
 
 
-# ==== shared helpers (also used by scaling.py and memory.py) =========================================
-def median(xs) -> float:
-    return float(statistics.median(xs))
-
-
-def no_mpi_init() -> None:
-    """The driver imports nes_mpi modules that import mpi4py.MPI but needs no MPI itself: stay out of
-    MPI (no singleton init) so that the mpiexec runs it starts are independent of it."""
-    import mpi4py
-
-    mpi4py.rc.initialize = False
-    mpi4py.rc.finalize = False
-
-
-# ---- processes started by mpiexec ---------------------------------------------------------------------
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _ppid_map() -> dict[int, int]:
-    out = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-                out[int(d.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, ppid in _ppid_map().items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def rank_pids(root: int) -> dict[int, int]:
-    """{MPI rank: pid} of the processes under `root` (our mpiexec) whose environment has PMI_RANK."""
-    found = {}
-    for pid in descendants(root):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in env:
-            if item.startswith(b"PMI_RANK="):
-                found[int(item[9:])] = pid
-    return found
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """user + system CPU seconds of a live process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    f = stat[stat.rindex(")") + 2 :].split()
-    return (int(f[11]) + int(f[12])) / CLK_TCK
-
-
-def _log_rows(run_dir: Path) -> int:
-    try:
-        with open(run_dir / "log.csv", "rb") as fh:
-            return max(0, fh.read().count(b"\n") - 1)
-    except OSError:
-        return 0
-
-
-def read_log(run_dir: Path) -> list[dict]:
-    with open(Path(run_dir) / "log.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def run_trainer(n_ranks: int, args: list[str], run_dir: Path, poll: float = 0.2, sampler=None,
-                timeout: float = 900) -> dict:
-    """Run `mpiexec -n P python -m nes_mpi ... --run-dir run_dir`, polling its ranks while it runs.
-
-    Returns the log rows, the command, and `cpu_share`: the ranks' CPU seconds / (P x wall seconds)
-    between the end of generation 1 and the end of the last one (how much of a core each rank got).
-    `sampler(pids, mpiexec_pid)`, if given, is called at every poll; its results are returned in `samples`.
-    """
-    run_dir = Path(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [MPIEXEC, "-n", str(n_ranks), PYTHON, "-m", "nes_mpi", *args, "--run-dir", str(run_dir)]
-    out_path = run_dir.parent / f"{run_dir.name}.out"
-    polls, samples = [], []
-    pids: dict[int, int] = {}
-    t0 = time.perf_counter()
-    with open(out_path, "w") as out:
-        p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            while p.poll() is None:
-                if time.perf_counter() - t0 > timeout:
-                    raise TimeoutError(f"{' '.join(cmd)} took more than {timeout} s")
-                if len(pids) < n_ranks:
-                    pids = rank_pids(p.pid)
-                now = time.perf_counter()
-                cpus = [cpu_seconds(pid) for pid in pids.values()]
-                if len(pids) == n_ranks and all(c is not None for c in cpus):
-                    polls.append((now, _log_rows(run_dir), sum(cpus)))
-                if sampler is not None and pids:
-                    samples.append(sampler(pids, p.pid))
-                time.sleep(poll)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    wall = time.perf_counter() - t0
-    text = out_path.read_text()
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}:\n{text[-3000:]}")
-    rows = read_log(run_dir)
-    n = len(rows)
-    share = None
-    first = next((x for x in polls if x[1] >= 1), None)
-    last = next((x for x in polls if x[1] >= n), None) or (polls[-1] if polls else None)
-    if first and last and last[0] - first[0] > 0.5:
-        share = (last[2] - first[2]) / (n_ranks * (last[0] - first[0]))
-    return {"cmd": cmd, "rows": rows, "process_seconds": wall, "cpu_share": share, "samples": samples,
-            "polls": polls, "output_tail": text[-1500:]}
-
-
-# ==== one rank's generation, piece by piece ===========================================================
-def clock():
-    return time.perf_counter(), time.process_time()
-
-
-def timed(fn, repeats: int, warmup: int = 1) -> dict:
-    """Median wall and CPU seconds of fn()."""
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w, c = clock()
-        fn()
-        w2, c2 = clock()
-        wall.append(w2 - w)
-        cpu.append(c2 - c)
-    return {"wall": median(wall), "cpu": median(cpu)}
-
-
 class Bench:
     """What one rank holds, built with the trainer's own classes."""
 
@@ -236,9 +83,9 @@ class Bench:
         from nes_mpi.envs import make_env
         from nes_mpi.noise import NoiseTable, make_table
         from nes_mpi.obs_norm import ObsNorm
-        from nes_mpi.optimizers import make_optimizer
+        from nes_mpi.optimizers import Adam
         from nes_mpi.policy import BatchPolicy, initial_params, spec_for
-        from nes_mpi.strategy import NES
+        from nes_mpi.strategies import OpenAIES, Sampling
 
         self.members = members
         self.population = population
@@ -257,9 +104,9 @@ class Bench:
         self.table_fill = {"wall": clock()[0] - w, "cpu": clock()[1] - c}
         self.noise = NoiseTable(self.table, 0)
         self.theta = initial_params(self.spec, 0)
-        self.make_nes = lambda pop: NES(self.noise, self.dim, pop, 0.02, make_optimizer("adam", self.dim, 0.01),
-                                        True, 0.005)
+        self.make_nes = lambda pop: OpenAIES(Sampling(self.noise, self.dim, pop), 0.02, Adam(0.01), weight_decay=0.005)
         self.nes = self.make_nes(population)
+        self.sstate = self.nes.init(self.theta)
         self.policy = BatchPolicy(self.spec)
         self.obs_norm = ObsNorm(self.obs_dim, 5.0, True)
         self.norms: dict[int, ObsNorm] = {}  # running statistics per set of environments, as a trainer keeps them
@@ -282,7 +129,7 @@ class Bench:
         n = members or self.members
         g = self.generation
         self.generation += 1
-        params = self.nes.ask(self.theta, g, range(n))
+        params = self.nes.ask(self.sstate, g, range(n))
         seeds = [[episode_seed(0, g, m, e) for e in range(episodes_per_member)] for m in range(n)]
         # Observations are normalised with the statistics of the earlier rollouts on the same environments,
         # as in a running trainer (the physics' cost depends on the actions, hence on the normalisation).
@@ -315,28 +162,30 @@ class Bench:
 
         def go():
             g = self.generation
-            self.nes.ask(self.theta, g, range(n))
+            self.nes.ask(self.sstate, g, range(n))
             [[episode_seed(0, g, m, 0)] for m in range(n)]
             self.obs_norm.mean_std()
         return timed(go, 7)
 
     def tell(self, population: int | None = None, repeats: int = 5) -> dict:
-        """NES.tell (+ the trainer's param_norm), and separately its weighted sum and the Adam step."""
+        """OpenAIES.tell (+ the trainer's param_norm), and separately its weighted sum and the Adam step."""
         pop = population or self.population
         nes = self.nes if pop == self.population else self.make_nes(pop)
-        theta = self.theta.copy()
+        state = nes.init(self.theta)
+        theta = state["mean"]
+        opt_state = nes.optimizer.init(self.dim)
         keys = ("tell", "weighted_sum", "adam")
         acc = {k: {"wall": [], "cpu": []} for k in keys}
         for r in range(repeats + 1):
             g = 1000 + r
             fitness = self.rng.standard_normal(pop)
             w = self.rng.standard_normal(pop // 2)
-            offsets = nes.directions(g + 50)
+            offsets = nes.sampling.directions(g + 50)
             grad = self.rng.standard_normal(self.dim)
             ops = {
-                "tell": lambda: np.linalg.norm(nes.tell(theta, g, fitness)[0]),
+                "tell": lambda: np.linalg.norm(nes.tell(state, g, fitness)[0]["mean"]),
                 "weighted_sum": lambda: self.noise.weighted_sum(w, offsets, self.dim),
-                "adam": lambda: nes.optimizer.step(theta, grad),
+                "adam": lambda: nes.optimizer.step(opt_state, theta, grad),
             }
             for k in keys:
                 t0 = clock()
@@ -348,26 +197,27 @@ class Bench:
         return {k: {c: median(v[c]) for c in CLOCKS} for k, v in acc.items()}
 
     def obs_norm_update(self, population: int | None = None) -> dict:
-        """Trainer.step around the gather (minus the gather): pack my rows, pool everyone's sums, row stats."""
+        """Trainer.step around the gather (minus the gather), with the trainer's own functions: pack my rows
+        (`pack_rows`), pool everyone's observation sums (`pooled_obs`, `ObsNorm.update`), the row statistics."""
         from nes_mpi.obs_norm import ObsNorm
+        from nes_mpi.rollout import RolloutResult
+        from nes_mpi.trainer import ROW_RETURN, ROW_ROLLOUT_SECONDS, ROW_STEPS, idle_fraction, pack_rows, pooled_obs, row_doubles
 
         pop = population or self.population
-        od, m = self.obs_dim, self.members
-        full = np.abs(self.rng.standard_normal((pop, 5 + 2 * od)))
-        cols = [self.rng.standard_normal(m) for _ in range(5)]
-        obs_sum, obs_sumsq = self.rng.standard_normal((m, od)), self.rng.standard_normal((m, od))
+        od, m, rng = self.obs_dim, self.members, self.rng
+        full = np.abs(rng.standard_normal((pop, row_doubles(od))))
+        res = RolloutResult(returns=rng.standard_normal(m), fitness=rng.standard_normal(m),
+                            steps=rng.integers(1, 1000, m), obs_sum=rng.standard_normal((m, od)),
+                            obs_sumsq=rng.standard_normal((m, od)), failed=np.zeros(m, dtype=bool), errors=[])
         norm = ObsNorm(od, 5.0, True)
 
         def go():
-            local = np.empty((m, 5 + 2 * od))
-            for i, col in enumerate(cols):
-                local[:, i] = col
-            local[:, 5 : 5 + od] = obs_sum
-            local[:, 5 + od :] = obs_sumsq
-            fitness, returns, steps = full[:, 0], full[:, 1], full[:, 2]
-            norm.update(int(full[:, 4].sum()), full[:, 5 : 5 + od].sum(axis=0), full[:, 5 + od :].sum(axis=0))
+            pack_rows(res, 1.0)
+            returns, steps = full[:, ROW_RETURN], full[:, ROW_STEPS]
+            norm.update(*pooled_obs(full, od))
             ok = returns[np.isfinite(returns)]
-            float(ok.mean()), float(ok.max()), float(ok.min()), int(steps.sum()), fitness.size
+            float(ok.mean()), float(ok.max()), float(ok.min()), int(steps.sum())
+            idle_fraction(full[:, ROW_ROLLOUT_SECONDS], RANKS)
         return timed(go, 15)
 
     def sha256(self) -> dict:
@@ -385,7 +235,7 @@ class Bench:
         cfg = Config(env=env, hidden_sizes=HIDDEN, population=self.population, run_dir=str(workdir))
         history = {c: (np.arange(HISTORY_ROWS, dtype=np.int64) if c in INT_COLUMNS
                        else self.rng.standard_normal(HISTORY_ROWS)) for c in COLUMNS}
-        state = TrainState(params=self.theta, optimizer=self.nes.optimizer.state_dict(),
+        state = TrainState(params=self.theta, strategy={k: v for k, v in self.sstate.items() if k != "mean"},
                            obs_norm=self.obs_norm.state_dict(), generation=0, timesteps=0, episodes=0,
                            wall_seconds=0.0, eval_return=0.0, best_eval_return=0.0, config=cfg.to_dict(),
                            policy=self.spec.to_dict(), history=history, n_ranks=RANKS)
@@ -422,7 +272,8 @@ def measure_components(rounds: int, workdir: Path, say) -> tuple[dict, dict]:
     # observation statistics from earlier rollouts (the warm-ups).
     nes = b.make_nes(MEMBERS)
     for g in range(2):
-        b.theta, _ = nes.tell(b.theta, g, b.rng.standard_normal(MEMBERS))
+        b.sstate, _ = nes.tell(b.sstate, g, b.rng.standard_normal(MEMBERS))
+    b.theta = b.sstate["mean"]
     b.rollout(b.handles_default, 2)
     b.rollout(b.handles_full, 1, members=4)
     for r in range(rounds):
@@ -633,6 +484,22 @@ def analyse(comp: dict, ag_fit: tuple[float, float], row_bytes: int) -> dict:
             "pass": max(ratios.values()) <= TARGET, "cost_model": table}
 
 
+def with_contention(comp: dict, res: dict, dim: int) -> dict:
+    """The design point when all 64 ranks of the node run the update at once (cost_model.py's contention term):
+    the update replicated on every rank, and node-cooperative as the trainer does it."""
+    import cost_model as cm
+
+    k = cm.measure_kernels()
+    one_stream = POPULATION // 2 * dim * 4 / comp["weighted_sum"]  # this run's weighted sum, alone on a core
+    out = {"node_bytes_per_s": cm.NODE_BW, "one_stream_bytes_per_s": one_stream}
+    for name, coop in (("replicated", False), ("cooperative", True)):
+        u = cm.update_seconds(POPULATION, dim, k, one_stream, coop, comp["tell"] - comp["weighted_sum"])["total"]
+        non = res["non_rollout_s"] - res["non_rollout_parts_s"]["update"] + u
+        out[name] = {"update_s": u, "non_rollout_s": non,
+                     "ratio": non / (res["rollout_s"]["upright_extrapolated"] + non)}
+    return out
+
+
 # ==== the check against the real trainer at 1 and 2 ranks ==============================================
 CHECK_POP = 16
 CHECK_GENS = 3
@@ -703,8 +570,10 @@ def main() -> int:
         comp, info = measure_components(a.rounds, work, say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    from nes_mpi.trainer import row_doubles as trainer_row_doubles
+
     od = info["obs_dim"]
-    row_doubles = 5 + 2 * od
+    row_doubles = trainer_row_doubles(od)
     row_bytes = 8 * row_doubles
     nbytes = POPULATION * row_bytes
     say(f"measuring the Allgatherv with 2 ranks (rows of {row_doubles} float64) ...")
@@ -734,7 +603,7 @@ def main() -> int:
     say("  everything else, per generation (periodic work amortised):")
     labels = {
         "ask": f"ask {m} members + episode seeds + obs mean/std",
-        "update": (f"update NES.tell(1,024): weighted sum of 512 slices {cc['weighted_sum'] * 1e3:.1f} ms, "
+        "update": (f"update OpenAIES.tell(1,024): weighted sum of 512 slices {cc['weighted_sum'] * 1e3:.1f} ms, "
                    f"Adam {cc['adam'] * 1e3:.1f} ms, rest"),
         "allgatherv": (f"Allgatherv {nbytes / 1e6:.2f} MB: 64 ranks, 10 GbE model (2 ranks here: "
                        f"{ag['gather_rows'][POPULATION]['min_s'] * 1e3:.2f} ms best, "
@@ -759,6 +628,11 @@ def main() -> int:
         f"{max(r['ratio'].values()):.2%} cpu, {max(rw['ratio'].values()):.2%} wall)")
     say(f"  (not counted: evaluation every {EVAL_EVERY} generations, one 1,000-step episode on ranks 0-9 while the "
         f"others wait: {r['eval_amortised_s'] * 1e3:.0f} ms/generation amortised)")
+    contention = with_contention(cc, r, info["dim"])
+    say(f"  with all 64 ranks of the node streaming the update at once (node {contention['node_bytes_per_s'] / 1e9:.0f} GB/s "
+        f"assumed, one stream {contention['one_stream_bytes_per_s'] / 1e9:.1f} GB/s here): replicated update "
+        f"{contention['replicated']['update_s'] * 1e3:.0f} ms -> {contention['replicated']['ratio']:.2%}; node-cooperative "
+        f"(the trainer) {contention['cooperative']['update_s'] * 1e3:.1f} ms -> {contention['cooperative']['ratio']:.2%} (upright)")
     say("")
     say("cost model T(P), population 1,024, CPU-clock components; P <= 2: this node's shared memory, "
         "P >= 64: IB / 10 GbE network:")
@@ -776,6 +650,7 @@ def main() -> int:
         "benchmark": "design_point",
         "command": ".venv/bin/python benchmarks/design_point.py" + (" --quick" if a.quick else ""),
         "machine": machine,
+        "contention": contention,
         "design_point": {"env": ENV, "hidden_sizes": list(HIDDEN), "dim": info["dim"], "obs_dim": od,
                          "act_dim": info["act_dim"], "population": POPULATION, "ranks": RANKS, "members_per_rank": m,
                          "noise_table_size": TABLE, "episode_steps": EPISODE_STEPS, "check_every": CHECK_EVERY,

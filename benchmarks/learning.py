@@ -1,6 +1,6 @@
 """Learning targets (issue table): train a preset with a fixed seed and record what it reached.
 
-    python benchmarks/learning.py hopper --ranks 2 [--seed 0] [--set generations=300 ...]
+    python benchmarks/learning.py hopper --ranks 2 [--seed 0] [--strategy snes] [--set generations=300 ...]
 
 Runs `mpiexec -n R python -m nes_mpi --config PRESET` into benchmarks/results/runs/<name>,
 then writes benchmarks/results/learning_<name>.json (timesteps and wall time at which each
@@ -44,11 +44,13 @@ def main():
     ap.add_argument("preset")
     ap.add_argument("--ranks", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--name", default=None, help="result name (default: preset[-seedN])")
+    ap.add_argument("--strategy", default="openai", help="--strategy of the trainer (openai, snes, pgpe)")
+    ap.add_argument("--name", default=None, help="result name (default: preset[-STRATEGY unless openai][-seedN])")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra trainer options")
     ap.add_argument("--fresh", action="store_true", help="delete an existing run directory first")
     args = ap.parse_args()
-    name = args.name or (args.preset if args.seed == 0 else f"{args.preset}-seed{args.seed}")
+    name = args.name or (args.preset + ("" if args.strategy == "openai" else f"-{args.strategy}")
+                         + ("" if args.seed == 0 else f"-seed{args.seed}"))
     run_dir = RESULTS / "runs" / name
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -59,7 +61,7 @@ def main():
     bindir = Path(sys.executable).parent
     mpiexec = shutil.which("mpiexec", path=str(bindir)) or "mpiexec"
     cmd = [mpiexec, "-n", str(args.ranks), sys.executable, "-m", "nes_mpi", "--config", args.preset,
-           "--seed", str(args.seed), "--run-dir", str(run_dir), "--resume", "auto", "--log-every", "10", *extra]
+           "--seed", str(args.seed), "--strategy", args.strategy, "--run-dir", str(run_dir), "--resume", "auto", "--log-every", "10", *extra]
     print("running:", " ".join(cmd), flush=True)
     t0 = time.time()
     code = subprocess.call(cmd)
@@ -81,7 +83,7 @@ def main():
     subprocess.call([sys.executable, "-m", "nes_mpi", "plot", str(run_dir), "-o", str(png), "--title", f"{env} ({name})"])
     write_result(f"learning_{name}", {
         "command": "python benchmarks/learning.py " + " ".join(sys.argv[1:]), "env": env, "preset": args.preset,
-        "seed": args.seed, "ranks": args.ranks, "generations": state.generation, "timesteps": state.timesteps,
+        "strategy": state.config.get("strategy", "openai"), "seed": args.seed, "ranks": args.ranks, "generations": state.generation, "timesteps": state.timesteps,
         "wall_seconds": state.wall_seconds, "core_hours": state.wall_seconds * args.ranks / 3600,
         "best_eval_return": max(evals) if evals else None, "final_eval_return": evals[-1] if evals else None,
         "targets": reached, "config": state.config, "session_seconds": time.time() - t0, "curve": png.name,

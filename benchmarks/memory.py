@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import design_point as dp  # noqa: E402
+import common  # noqa: E402  (sets one thread per process before numpy loads)
 
 TARGET_MB = 400
 TABLE_SIZE = 1 << 25
@@ -42,27 +42,6 @@ TABLE_BYTES = TABLE_SIZE * 4
 RANKS = 2
 MB = 1e6
 MIB = 1 << 20
-ROLLUP_KEYS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Shared_Clean", "Shared_Dirty",
-               "Private_Clean", "Private_Dirty")
-
-
-def rollup(pid: int) -> dict | None:
-    """Bytes from /proc/<pid>/smaps_rollup; uss = private clean + private dirty."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    out = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ROLLUP_KEYS:
-            out[key] = int(rest.split()[0]) * 1024
-    if "Rss" not in out:
-        return None
-    out["Uss"] = out.get("Private_Clean", 0) + out.get("Private_Dirty", 0)
-    return out
-
-
 def table_mapping(pid: int) -> dict | None:
     """The largest shared writable mapping of at least the table's size (the MPI shared window): its Rss/Pss."""
     try:
@@ -101,7 +80,7 @@ def main() -> int:
         print(*x, flush=True)
 
     t_start = time.perf_counter()
-    machine = dp.machine_info()
+    machine = common.machine_info()
     say(f"memory: 2 ranks, Humanoid-v5 256-256, population {a.population} ({a.population // RANKS} members/rank), "
         f"noise table 2^25 float32 = {TABLE_BYTES / MIB:.0f} MiB")
     say(f"machine: {machine['cpu']}, {machine['nproc']} cpus, {machine['mem_total_mb']:.0f} MB RAM, "
@@ -115,7 +94,7 @@ def main() -> int:
         n_poll[0] += 1
         s = {"t": time.perf_counter() - t0, "ranks": {}}
         for rank, pid in sorted(pids.items()):
-            r = rollup(pid)
+            r = common.rollup(pid)
             if r is None:
                 continue
             if n_poll[0] % a.smaps_every == 1:
@@ -125,8 +104,8 @@ def main() -> int:
             s["ranks"][rank] = r
         # The rest of the job on this node: mpiexec and its proxy (their PSS completes the node total).
         others = 0
-        for pid in (set(dp.descendants(root)) - set(pids.values())) | {root}:
-            r = rollup(pid)
+        for pid in (set(common.descendants(root)) - set(pids.values())) | {root}:
+            r = common.rollup(pid)
             if r:
                 others += r["Pss"]
         s["launcher_pss"] = others
@@ -134,7 +113,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="nes_memory_"))
     try:
-        r = dp.run_trainer(RANKS, args, tmp / "run", poll=a.interval, sampler=sampler)
+        r = common.run_trainer(RANKS, args, tmp / "run", poll=a.interval, sampler=sampler)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     samples = [s for s in r["samples"] if len(s["ranks"]) == RANKS]
@@ -160,7 +139,7 @@ def main() -> int:
     passed = worst_pss <= TARGET_MB * MB
     # Design point, 64 ranks on a node each touching the whole table: table PSS 128 MiB / ranks per node.
     table_pss_now = max((v["table_mapping_at_peak_pss"] or {}).get("Pss", 0) for v in per_rank.values())
-    gather_extra = 1024 * (5 + 2 * 348) * 8  # the gathered rows at population 1,024 (5.7 MB) not present here
+    gather_extra = 1024 * (6 + 2 * 348) * 8  # the gathered rows at population 1,024 (5.7 MB) not present here
     # Design point (population 1,024, many ranks per node): every rank reads 512 random table slices per
     # generation, so after a few generations it maps the whole table (RSS + the untouched part), while its PSS
     # share of the table is 128 MiB / ranks per node (at most the half charged here with 2 ranks).
@@ -209,7 +188,7 @@ def main() -> int:
                                                   for m in ("Rss", "Pss", "Uss")}} for s in samples],
         "seconds": time.perf_counter() - t_start,
     }
-    dp.write_result(a.out, result)
+    common.write_result(a.out, result)
     return 0
 
 

@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import design_point as dp  # noqa: E402  (sets one thread per process before numpy loads)
+import common  # noqa: E402  (sets one thread per process before numpy loads)
+import design_point as dp  # noqa: E402
 
 
 TARGET = 0.9
@@ -50,11 +51,13 @@ def steps_per_second(rows: list[dict]) -> dict:
     secs = float(last["wall_seconds"]) - float(first["wall_seconds"])
     gen_secs = [float(r["gen_seconds"]) for r in rows[1:]]
     return {"steps": steps, "seconds": secs, "steps_per_s": steps / secs, "gen_seconds": gen_secs,
-            "gen_seconds_median": dp.median(gen_secs)}
+            "gen_seconds_median": common.median(gen_secs)}
 
 
 def model_components(say) -> dict:
     """The pieces of a HalfCheetah generation at 1 and 2 ranks, measured here (CPU and wall clock)."""
+    from nes_mpi.trainer import row_doubles
+
     b = dp.Bench(env=ENV, hidden=(64, 64), members=POP, population=POP, with_default_envs=False)
     say(f"  {ENV}: {b.dim:,} parameters, episodes of {b.max_steps} steps")
     out = {}
@@ -62,7 +65,7 @@ def model_components(say) -> dict:
     for p in (1, 2):
         n = POP // p
         runs = [b.rollout(b.handles_full, 1, members=n) for _ in range(2)]
-        out[p] = {"members": n, **{c: {"rollout": dp.median([r[c] for r in runs])} for c in dp.CLOCKS}}
+        out[p] = {"members": n, **{c: {"rollout": common.median([r[c] for r in runs])} for c in dp.CLOCKS}}
         ask = b.ask(n)
         for c in dp.CLOCKS:
             out[p][c]["ask"] = ask[c]
@@ -70,9 +73,9 @@ def model_components(say) -> dict:
     obs = b.obs_norm_update(POP)
     sha = b.sha256()
     b.close()
-    ag = dp.measure_allgather(5 + 2 * b.obs_dim, reps=30)
+    ag = dp.measure_allgather(row_doubles(b.obs_dim), reps=30)
     alpha, beta = dp.fit_alpha_beta(ag)
-    ag40 = dp.allgather_model(POP * 8 * (5 + 2 * b.obs_dim), 2, alpha, beta)
+    ag40 = dp.allgather_model(POP * 8 * (row_doubles(b.obs_dim)), 2, alpha, beta)
     for p in (1, 2):
         for c in dp.CLOCKS:
             d = out[p][c]
@@ -95,13 +98,13 @@ def main() -> int:
     a = ap.parse_args()
     if a.generations < 3:
         ap.error("--generations must be at least 3 (the first is skipped)")
-    dp.no_mpi_init()
+    common.no_mpi_init()
 
     def say(*x):
         print(*x, flush=True)
 
     t_start = time.perf_counter()
-    machine = dp.machine_info()
+    machine = common.machine_info()
     say(f"scaling: {ENV}, population {POP}, {a.generations} generations per run, runs 1,2 x {a.pairs} alternated")
     say(f"machine: {machine['cpu']}, {machine['nproc']} cpus, load {machine['loadavg_at_start'][0]:.2f}; "
         f"python {machine['python']}, numpy {machine['numpy']}, mujoco {machine['mujoco']}, {machine['mpi']}")
@@ -113,7 +116,7 @@ def main() -> int:
         for i in range(a.pairs):
             for p in (1, 2):
                 load = os.getloadavg()[0]
-                r = dp.run_trainer(p, args, tmp / f"run{i}_p{p}")
+                r = common.run_trainer(p, args, tmp / f"run{i}_p{p}")
                 s = steps_per_second(r["rows"])
                 runs.append({"pair": i, "ranks": p, "cmd": " ".join(r["cmd"]), "loadavg_before": round(load, 2),
                              "cpu_share": r["cpu_share"], "process_seconds": r["process_seconds"], **s})
@@ -126,23 +129,23 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     sps = {p: [r["steps_per_s"] for r in runs if r["ranks"] == p] for p in (1, 2)}
-    med = {p: dp.median(v) for p, v in sps.items()}
+    med = {p: common.median(v) for p, v in sps.items()}
     eff = med[2] / (2 * med[1])
     pair_eff = [r2["steps_per_s"] / (2 * r1["steps_per_s"])
                 for r1, r2 in zip([r for r in runs if r["ranks"] == 1], [r for r in runs if r["ranks"] == 2])]
     share = {p: [r["cpu_share"] for r in runs if r["ranks"] == p and r["cpu_share"]] for p in (1, 2)}
     eff_cpu = None
     if share[1] and share[2]:
-        eff_cpu = (med[2] / dp.median(share[2])) / (2 * med[1] / dp.median(share[1]))
+        eff_cpu = (med[2] / common.median(share[2])) / (2 * med[1] / common.median(share[1]))
 
     model = None
     if not a.no_model:
         say("cost model check: measuring the pieces of a generation in this process ...")
         comp = model_components(say)
-        gen = {p: dp.median([g for r in runs if r["ranks"] == p for g in r["gen_seconds"]]) for p in (1, 2)}
+        gen = {p: common.median([g for r in runs if r["ranks"] == p for g in r["gen_seconds"]]) for p in (1, 2)}
         model = {"components": comp, "check": {}}
         for p in (1, 2):
-            cpu_equiv = gen[p] * dp.median(share[p]) if share[p] else None
+            cpu_equiv = gen[p] * common.median(share[p]) if share[p] else None
             entry = {"measured_wall_s": gen[p], "measured_cpu_equiv_s": cpu_equiv,
                      "model_wall_s": comp[p]["wall"]["total"], "model_cpu_s": comp[p]["cpu"]["total"]}
             entry["error_wall"] = entry["model_wall_s"] / gen[p] - 1
@@ -162,11 +165,11 @@ def main() -> int:
     say(f"parallel efficiency 1 -> 2 ranks = {med[2]:,.0f} / (2 x {med[1]:,.0f}) = {eff:.3f}  "
         f"(per pair: {', '.join(f'{e:.3f}' for e in pair_eff)})")
     if eff_cpu is not None:
-        say(f"with each run's share of a core divided out ({dp.median(share[1]):.0%} at 1 rank, "
-            f"{dp.median(share[2]):.0%} at 2 ranks): {eff_cpu:.3f}")
+        say(f"with each run's share of a core divided out ({common.median(share[1]):.0%} at 1 rank, "
+            f"{common.median(share[2]):.0%} at 2 ranks): {eff_cpu:.3f}")
     say(f"target >= {TARGET}: {'PASS' if passed else 'FAIL'} (wall clock)"
         + (f"; {'PASS' if eff_cpu >= TARGET else 'FAIL'} with the CPU share divided out" if eff_cpu is not None else ""))
-    loaded = bool(share[1] and share[2] and min(dp.median(share[1]), dp.median(share[2])) < 0.9)
+    loaded = bool(share[1] and share[2] and min(common.median(share[1]), common.median(share[2])) < 0.9)
     if loaded:
         say("note: the ranks did not get whole cores (other processes were running), so the wall-clock figure "
             "also measures how the scheduler split the 2 cores; rerun on an idle machine for the wall-clock verdict")
@@ -184,11 +187,11 @@ def main() -> int:
         "efficiency": eff, "efficiency_per_pair": pair_eff, "efficiency_cpu_share_corrected": eff_cpu,
         "target": TARGET, "pass": passed,
         "pass_cpu_share_corrected": (eff_cpu >= TARGET) if eff_cpu is not None else None,
-        "machine_was_loaded": bool(share[1] and share[2] and min(dp.median(share[1]), dp.median(share[2])) < 0.9),
+        "machine_was_loaded": bool(share[1] and share[2] and min(common.median(share[1]), common.median(share[2])) < 0.9),
         "model": model,
         "seconds": time.perf_counter() - t_start,
     }
-    dp.write_result(a.out, result)
+    common.write_result(a.out, result)
     return 0
 
 

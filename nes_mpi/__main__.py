@@ -81,11 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status", help="is a run finished? (for batch scripts; no MPI)",
-        description="Report whether a run directory's newest good checkpoint has reached the run's generation budget.",
+        description="Report whether a run directory's newest good checkpoint has reached the run's generation or "
+                    "timesteps budget.",
         epilog="Exit codes: 0 finished, 3 unfinished, 4 no usable checkpoint, 2 bad input.")
     status.add_argument("run_dir", metavar="RUN_DIR")
     status.add_argument("--generations", type=int, default=None,
                         help="the budget to compare with (default: the one stored in the checkpoint)")
+    status.add_argument("--timesteps", type=int, default=None,
+                        help="the timesteps budget to compare with (default: the one stored in the checkpoint; 0: none)")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     return top
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CheckpointError
-from .config import Config, ConfigError, load_toml
+from .config import Config, ConfigError, load_toml, merge_options
 
 EXIT_ERROR = 1
 
@@ -86,7 +86,7 @@ def _train(config, options: dict, comm, resume, force, rewind, stop) -> TrainSum
             mismatch = slurm_world_mismatch(comm.size)
             if mismatch:
                 raise ConfigError(mismatch)
-        return {**config_overrides(config), **{k.replace("-", "_"): v for k, v in options.items()}}
+        return merge_options(config_overrides(config), {k.replace("-", "_"): v for k, v in options.items()})
 
     over = agree(comm, overrides)
     setup: Setup = agree(comm, lambda: resolve_config(comm, over, resume, force, rewind))
@@ -100,7 +100,6 @@ def _train(config, options: dict, comm, resume, force, rewind, stop) -> TrainSum
     except BaseException:
         trainer.close_envs()  # not close(): freeing the shared noise is collective, and setup failed somewhere
         raise
-    from .comm import DivergedError
     from .signals import EXIT_INTERRUPTED
     from .trainer import StopFailed, SystematicFailure
 

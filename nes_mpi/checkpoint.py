@@ -1,11 +1,12 @@
 """HDF5 checkpoints: the complete state of a run, written atomically.
 
-Schema (version 2) -- see README "Checkpoint format":
+Schema (version 3) -- see README "Checkpoint format":
   /            attrs  format, schema_version, env_id, generation, timesteps, episodes, wall_seconds,
                       eval_return, best_eval_return, params_sha256, config (JSON), policy (JSON),
                       versions (JSON), created, hostname, n_ranks, content_sha256
   /params      float32 (num_params,)    the mean of the search distribution
-  /optimizer   attrs name, t; datasets of the optimizer's moments (adam: m, v; sgd/clipup: v)
+  /strategy    attrs name; one dataset per entry of the strategy's state other than the mean
+               (opt_t, opt_m, opt_v: the optimizer; sigma: snes/pgpe per-parameter sigma)
   /obs_norm    count (int64), sum, sumsq (float64, obs_dim)
   /noise       attrs seed, table_size, dtype, chunk, generator
   /history     one 1-D dataset per logged column, one entry per logged generation
@@ -14,6 +15,12 @@ Schema (version 2) -- see README "Checkpoint format":
 a canonical order, so whatever a later version adds is verified without code changes here.
 Files are opened with HDF5 file locking off: Lustre and NFS often lack flock, and the
 run-directory lock (run_lock.py) already gives one writer per run.
+
+Older versions are read by `load(..., legacy=True)` (eval, info, status, load_policy; train
+with --force): their checksum covers only the parameters.
+  version 1: /optimizer (attrs name, t; datasets m, v) instead of /strategy, read as the openai
+             strategy, its optimizer state becoming opt_t, opt_m, opt_v
+  version 2: the /strategy layout above without content_sha256
 """
 from __future__ import annotations
 
@@ -33,8 +40,9 @@ import numpy as np
 from . import noise
 
 FORMAT = "nes_mpi-checkpoint"
-SCHEMA_VERSION = 2
-LEGACY_SCHEMA = 1  # no content checksum: only its parameters are verified
+SCHEMA_VERSION = 3
+LEGACY_VERSIONS = (1, 2)  # no content checksum: only their parameters are verified
+READABLE_VERSIONS = (*LEGACY_VERSIONS, SCHEMA_VERSION)
 CONTENT_SHA = "content_sha256"
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.h5$")
 
@@ -46,7 +54,7 @@ class CheckpointError(RuntimeError):
 @dataclass
 class TrainState:
     params: np.ndarray
-    optimizer: dict
+    strategy: dict  # the strategy's state without the mean (which is params): name -> array
     obs_norm: dict
     generation: int
     timesteps: int
@@ -177,13 +185,10 @@ def save(state: TrainState, path) -> Path:
             a["n_ranks"] = int(state.n_ranks)
             a["env_id"] = cfg.get("env", "")
             f.create_dataset("params", data=np.asarray(state.params, dtype=np.float32))
-            g = f.create_group("optimizer")
-            g.attrs["name"] = cfg.get("optimizer", "")
-            for k, v in state.optimizer.items():
-                if k == "t":
-                    g.attrs["t"] = int(v)
-                else:
-                    g.create_dataset(k, data=v)
+            g = f.create_group("strategy")
+            g.attrs["name"] = cfg.get("strategy", "")
+            for k, v in state.strategy.items():
+                g.create_dataset(k, data=np.asarray(v))
             g = f.create_group("obs_norm")
             for k, v in state.obs_norm.items():
                 g.create_dataset(k, data=v)
@@ -210,7 +215,7 @@ def save(state: TrainState, path) -> Path:
 def load(path, verify: bool = True, legacy: bool = False) -> TrainState:
     """Read a checkpoint; any problem becomes a CheckpointError with a one-line reason.
 
-    `legacy` also reads schema version 1 files, whose checksum covers only the parameters.
+    `legacy` also reads schema versions 1 and 2, whose checksum covers only the parameters.
     """
     path = Path(path)
     if not path.exists():
@@ -227,19 +232,18 @@ def load(path, verify: bool = True, legacy: bool = False) -> TrainState:
             if a.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is an HDF5 file but not an nes_mpi checkpoint")
             version = int(a.get("schema_version", -1))
-            if version == LEGACY_SCHEMA and not legacy:
-                raise CheckpointError(f"{path} has checkpoint schema version 1, whose checksum covers only the parameters; "
-                                      "eval and info read it, and train resumes it with --force")
-            if version not in (SCHEMA_VERSION, LEGACY_SCHEMA):
-                raise CheckpointError(f"{path} has checkpoint schema version {version}; this nes_mpi reads version {SCHEMA_VERSION}")
-            if verify and version == SCHEMA_VERSION and content_sha256(f) != str(a.get(CONTENT_SHA, "")):
+            if version not in READABLE_VERSIONS:
+                raise CheckpointError(f"{path} has checkpoint schema version {version}; this nes_mpi reads versions "
+                                      f"{', '.join(map(str, READABLE_VERSIONS))}")
+            if version in LEGACY_VERSIONS and not legacy:
+                raise CheckpointError(f"{path} has checkpoint schema version {version}, whose checksum covers only the "
+                                      "parameters; eval, info and status read it, and train resumes it with --force")
+            if verify and (version == SCHEMA_VERSION or CONTENT_SHA in a) and content_sha256(f) != str(a.get(CONTENT_SHA, "")):
                 raise CheckpointError(f"{path} failed its checksum: the stored contents are corrupted")
             params = f["params"][()]
-            opt = {k: f["optimizer"][k][()] for k in f["optimizer"]}
-            opt["t"] = int(f["optimizer"].attrs["t"])
             state = TrainState(
                 params=params,
-                optimizer=opt,
+                strategy=_strategy_state(f, version),
                 obs_norm={k: f["obs_norm"][k][()] for k in f["obs_norm"]},
                 generation=int(a["generation"]), timesteps=int(a["timesteps"]), episodes=int(a["episodes"]),
                 wall_seconds=float(a["wall_seconds"]), eval_return=float(a["eval_return"]),
@@ -257,6 +261,13 @@ def load(path, verify: bool = True, legacy: bool = False) -> TrainState:
     if verify and params_sha256(state.params) != stored_sha:
         raise CheckpointError(f"{path} failed its checksum: the stored parameters are corrupted")
     return state
+
+
+def _strategy_state(f: h5py.File, version: int) -> dict:
+    if "strategy" not in f and "optimizer" in f:  # version 1: the openai strategy's optimizer, t an attribute
+        g = f["optimizer"]
+        return {"opt_t": np.int64(g.attrs["t"]), **{f"opt_{k}": g[k][()] for k in g}}
+    return {k: f["strategy"][k][()] for k in f["strategy"]}
 
 
 def _short(e: Exception) -> str:

@@ -153,11 +153,108 @@ class SharedNoise:
             self.node.Barrier()
         self.table = table
 
+    def layout(self, comm: MPI.Comm) -> dict:
+        """How the job holds the table, measured not assumed (collective over `comm`).
+
+        `owners` are the world ranks whose memory holds a copy (a shared window's
+        owner, or every rank with a private fallback copy); `resident_bytes` sums
+        each rank's proportional share (PSS) of the memory mapping the table lies in,
+        so it counts a node-shared copy once however many ranks touch it.
+        """
+        itemsize = np.dtype(noise.NOISE_DTYPE).itemsize
+        owns = self.win is None or self.node.rank == 0
+        leader = self.node.bcast(comm.rank, root=0)
+        pss = mapping_pss(self.table.ctypes.data)
+        rows = comm.allgather((leader, owns, pss))
+        nodes: dict[int, list[int]] = {}
+        for r, (lead, _, _) in enumerate(rows):
+            nodes.setdefault(lead, []).append(r)
+        return {
+            "node_ranks": list(nodes.values()),
+            "owners": [r for r, (_, own, _) in enumerate(rows) if own],
+            "table_bytes": self.table.size * itemsize,
+            "resident_bytes": None if any(p is None for *_, p in rows) else sum(p for *_, p in rows),
+            "update_split": getattr(self, "coop", None) is not None,
+        }
+
+    def noise_table(self, seed: int, dim: int) -> noise.NoiseTable:
+        """The table for the update: with several ranks on a node, one whose weighted sum they share."""
+        if self.win is None or self.node.size == 1:
+            return noise.NoiseTable(self.table, seed)
+        self.coop = NodeCooperativeNoise(self.table, seed, self.node, dim)
+        return self.coop
+
     def free(self):
+        coop = getattr(self, "coop", None)
+        if coop is not None:
+            coop.free()
+            self.coop = None
         if self.win is not None:
             self.table = None
             self.win.Free()
             self.win = None
+
+
+class NodeCooperativeNoise(noise.NoiseTable):
+    """The update's weighted sum split over the ranks of a node.
+
+    Every rank streaming all pop/2 slices makes a node read the same bytes once per
+    rank, and then memory bandwidth, not the core, sets the update's time. Here rank
+    i of the node sums only its contiguous range of the dimensions into a node-shared
+    buffer and, after a node barrier, every rank copies the whole sum. Each element
+    is still summed over the directions in the same order, so the bits are those of
+    `NoiseTable.weighted_sum` for any node layout. Two buffers alternate, so a rank
+    writing the next sum never overwrites one a slower neighbour is still copying.
+    Collective over the node: every rank must call weighted_sum the same times.
+    """
+
+    def __init__(self, table: np.ndarray, seed: int, node: MPI.Comm, dim: int):
+        super().__init__(table, seed)
+        self.node, self.dim = node, dim
+        itemsize = np.dtype(np.float32).itemsize
+        self.win = MPI.Win.Allocate_shared(2 * dim * itemsize if node.rank == 0 else 0, itemsize, comm=node)
+        buf, _ = self.win.Shared_query(0)
+        self.buffers = np.ndarray(buffer=buf, dtype=np.float32, shape=(2, dim))
+        self.win.Lock_all(MPI.MODE_NOCHECK)
+        part = member_range(dim, node.size, node.rank)
+        self.lo, self.hi = part.start, part.stop
+        self.calls = 0
+
+    def weighted_sum(self, weights: np.ndarray, offsets: np.ndarray, dim: int, squared: bool = False) -> np.ndarray:
+        if dim != self.dim:
+            return super().weighted_sum(weights, offsets, dim, squared)
+        buf = self.buffers[self.calls % 2]
+        self.calls += 1
+        mine = np.zeros(self.hi - self.lo, dtype=np.float32)
+        self.weighted_sum_part(weights, offsets, self.lo, self.hi, mine, squared)
+        buf[self.lo : self.hi] = mine
+        self.win.Sync()
+        self.node.Barrier()
+        self.win.Sync()
+        return buf.astype(np.float64)
+
+    def free(self):
+        self.buffers = None
+        self.win.Unlock_all()
+        self.win.Free()
+
+
+def mapping_pss(address: int) -> int | None:
+    """PSS in bytes of this process's memory mapping that contains `address` (None off Linux)."""
+    try:
+        with open("/proc/self/smaps") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for line in lines:
+        head = line.split(maxsplit=1)[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "Pss:":
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def slurm_world_mismatch(world_size: int) -> str | None:

@@ -21,7 +21,14 @@ except ModuleNotFoundError:  # Python 3.10
 DEFAULT_ENV = "HalfCheetah-v5"
 ACTIVATIONS = ("tanh", "relu", "elu", "selu", "sigmoid")
 POLICIES = ("mlp", "linear")
-OPTIMIZER_NAMES = ("adam", "sgd", "clipup")
+OPTIMIZER_NAMES = ("adam", "sgd", "clipup", "gd")
+STRATEGY_NAMES = ("openai", "snes", "pgpe")
+# What "auto" (an unset option) means for each strategy: each paper's own choice.
+STRATEGY_DEFAULTS = {
+    "openai": {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.005},
+    "snes": {"optimizer": "gd", "lr": 1.0, "weight_decay": 0.0},
+    "pgpe": {"optimizer": "clipup", "lr": 0.04, "weight_decay": 0.0},  # lr: sigma sqrt(d) / 36 at the defaults
+}
 
 
 class ConfigError(ValueError):
@@ -47,14 +54,21 @@ class Config:
     obs_norm: bool = _f(True, "normalise observations with running statistics pooled over all ranks")
     obs_clip: float = _f(5.0, "clip normalised observations to [-c, c] (not used with --no-obs-norm: raw observations)")
     # strategy
+    strategy: str = _f("openai", "search strategy: openai (Salimans et al. 2017), snes (separable NES, Wierstra et al. 2014), "
+                       "pgpe (Sehnke et al. 2010)", choices=STRATEGY_NAMES)
     generations: int = _f(100, "train until this many generations in total")
+    timesteps: int = _f(0, "also stop at the end of the generation in which the run's timesteps reach N (0: no budget)")
     population: int = _f(40, "members per generation (even with antithetic pairs)")
     antithetic: bool = _f(True, "mirrored pairs theta +- sigma eps")
-    sigma: float = _f(0.02, "perturbation scale")
-    lr: float = _f(0.01, "learning rate")
-    optimizer: str = _f("adam", "optimizer", choices=OPTIMIZER_NAMES)
+    sigma: float = _f(0.02, "perturbation scale (snes, pgpe: the initial value of every parameter's sigma)")
+    lr: float = _f(None, "learning rate of the mean (auto: openai 0.01, snes 1 (eta_mu), pgpe 0.04)", kind=float)
+    optimizer: str = _f(None, "optimizer of the mean (auto: openai adam, snes gd, pgpe clipup)", kind=str,
+                        choices=OPTIMIZER_NAMES)
     momentum: float = _f(0.9, "momentum of sgd and clipup")
-    weight_decay: float = _f(0.005, "L2 coefficient, applied after the 1/sigma scaling: OpenAI ES l2coeff / sigma")
+    weight_decay: float = _f(None, "L2 coefficient, applied after the 1/sigma scaling (openai: OpenAI ES l2coeff / sigma) "
+                             "(auto: openai 0.005, snes and pgpe 0)", kind=float)
+    sigma_lr: float = _f(0.0, "learning rate of sigma (0: snes (3 + ln d) / (5 sqrt d), pgpe 0.1)")
+    sigma_max_change: float = _f(0.2, "pgpe: largest relative change of sigma per generation")
     top_directions: float = _f(1.0, "fraction of antithetic directions kept, best first, averaged over the members kept (ARS V1-t/V2-t on ranks); 1: all")
     seed: int = _f(0, "the one common seed: noise, offsets and episode seeds derive from it")
     noise_table_size: int = _f(1 << 25, "normals in the shared noise table (float32, one copy per node)")
@@ -75,6 +89,9 @@ class Config:
         if self.env_kwargs is None:
             self.env_kwargs = {}
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
+        for k, v in STRATEGY_DEFAULTS.get(self.strategy, STRATEGY_DEFAULTS["openai"]).items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
         if not self.run_dir:
             self.run_dir = str(Path("runs") / f"{self.env.replace(':', '_').replace('/', '_')}-seed{self.seed}")
 
@@ -86,7 +103,13 @@ class Config:
         need(self.population >= 2, f"--population must be at least 2 (got {self.population})")
         need(not (self.antithetic and self.population % 2),
              f"--population must be even with antithetic pairs (got {self.population}); use an even number or --no-antithetic")
+        need(self.strategy in STRATEGY_NAMES, f"--strategy must be one of {', '.join(STRATEGY_NAMES)} (got {self.strategy!r})")
         need(self.generations >= 0, f"--generations must be >= 0 (got {self.generations})")
+        need(self.timesteps >= 0, f"--timesteps must be >= 0 (got {self.timesteps})")
+        need(self.sigma_lr >= 0, f"--sigma-lr must be >= 0 (got {self.sigma_lr})")
+        need(0 < self.sigma_max_change < 1, f"--sigma-max-change must be in (0, 1) (got {self.sigma_max_change})")
+        need(self.strategy != "pgpe" or self.antithetic, "--strategy pgpe samples symmetric pairs: it needs --antithetic")
+        need(self.top_directions == 1 or self.strategy == "openai", "--top-directions below 1 is for --strategy openai only")
         need(self.sigma > 0, f"--sigma must be > 0 (got {self.sigma})")
         need(self.lr > 0, f"--lr must be > 0 (got {self.lr})")
         need(self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})")
@@ -140,7 +163,7 @@ class Config:
 
 
 # Fields that may change when resuming without altering what the run computes.
-SAFE_ON_RESUME = {"generations", "eval_every", "eval_episodes", "log_every", "run_dir",
+SAFE_ON_RESUME = {"generations", "timesteps", "eval_every", "eval_episodes", "log_every", "run_dir",
                   "checkpoint_every", "keep_checkpoints", "check_every", "tensorboard",
                   "fail_fraction", "fail_generations"}
 
@@ -161,7 +184,7 @@ def _toml_value(v) -> str:
 
 def _coerce(f: dataclasses.Field, v):
     name = f.name
-    default = f.default
+    default = f.default if f.default is not None else f.metadata.get("kind", str)()
     try:
         if isinstance(default, bool):
             if isinstance(v, str):
@@ -211,7 +234,33 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    for name in STRATEGY_NAMES:
+        if name in data:
+            if not isinstance(data[name], dict):
+                raise ConfigError(f"config file {p}: [{name}] must be a table of options for --strategy {name}")
+            data[name] = {k.replace("-", "_"): v for k, v in data[name].items()}
+    return data
+
+
+def merge_options(from_file: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
+    """File options overridden by the command line, the file's per-strategy tables included."""
+    merged = {**from_file, **cli}
+    for name in STRATEGY_NAMES:
+        if isinstance(merged.get(name), dict):
+            merged[name] = {k: v for k, v in merged[name].items() if k not in cli}
+    return merged
+
+
+def strategy_options(options: dict[str, Any], default_strategy: str = "openai") -> dict[str, Any]:
+    """Flatten options for the strategy in use: a table [snes] in a TOML file applies only with --strategy snes.
+
+    Precedence: the file's top level < its table for the strategy < the command line
+    (merge_options has already dropped the table entries the command line sets).
+    """
+    strategy = options.get("strategy", default_strategy)
+    flat = {k: v for k, v in options.items() if k not in STRATEGY_NAMES}
+    return {**flat, **options.get(strategy, {})}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,7 +274,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
-        kw["metavar"] = meta.get("meta", type(default).__name__.upper() if default is not None else "VALUE")
+        kw["metavar"] = meta.get("meta", (meta.get("kind") or type(default)).__name__.upper())
         if "choices" in meta:
             kw["choices"] = meta["choices"]
             kw["metavar"] = "{" + ",".join(meta["choices"]) + "}"

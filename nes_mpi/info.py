@@ -19,7 +19,8 @@ def checkpoint_summary(path) -> dict:
         "path": str(path), "env_id": cfg.get("env"), "generation": s.generation, "timesteps": s.timesteps,
         "episodes": s.episodes, "wall_seconds": s.wall_seconds, "params_sha256": params_sha256(s.params),
         "num_params": int(s.params.size), "eval_return": num(s.eval_return), "best_eval_return": num(s.best_eval_return),
-        "optimizer_step": int(s.optimizer.get("t", 0)), "obs_norm_count": int(s.obs_norm["count"]),
+        "strategy": cfg.get("strategy", "openai"), "strategy_state": sorted(s.strategy),
+        "optimizer_step": int(s.strategy.get("opt_t", 0)), "obs_norm_count": int(s.obs_norm["count"]),
         "policy": s.policy, "config": cfg, "versions": s.versions, "created": s.created, "hostname": s.hostname,
         "n_ranks": s.n_ranks,
     }
@@ -41,6 +42,7 @@ def run_info(args) -> int:
     arch = "linear" if pol["kind"] == "linear" else "mlp " + "-".join(map(str, pol["hidden_sizes"])) + f" {pol['activation']}"
     print(f"checkpoint      {d['path']}")
     print(f"env             {d['env_id']}")
+    print(f"strategy        {d['strategy']} (state: mean, {', '.join(d['strategy_state'])})")
     print(f"generation      {d['generation']}  ({d['timesteps']:,} timesteps, {d['episodes']:,} episodes, {d['wall_seconds']:.1f} s)")
     print(f"eval return     {ret(d['eval_return'])}  (best {ret(d['best_eval_return'])})")
     print(f"policy          {arch}, {pol['obs_dim']} -> {pol['act_dim']} {'discrete' if pol['discrete'] else 'continuous'}, {d['num_params']} parameters")

@@ -1,120 +1,116 @@
-"""Gradient-ascent optimizers with explicit, checkpointable state.
+"""Gradient-ascent optimizers as pure functions of explicit state.
 
-Each optimizer is a small object whose whole state is `state_dict()` (numpy
-arrays and a step counter), so a checkpoint can restore it bit for bit.
-All of them *ascend*: `step(theta, grad)` returns theta moved along +grad.
+An optimizer object holds only its hyperparameters (frozen); its state is a
+flat dict of numpy arrays (`t`, and the moments `m`, `v` where it has them)
+that `init` creates and `step` maps to a new dict without touching the old
+one, so a strategy can carry it inside its own state and a checkpoint can
+restore it bit for bit. All of them *ascend*: `step` moves theta along +grad.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+State = dict  # name -> np.ndarray
 
+
+@dataclass(frozen=True)
 class Optimizer:
+    lr: float
     name = "base"
 
-    def __init__(self, dim: int, lr: float):
-        self.dim = dim
-        self.lr = float(lr)
-        self.t = 0
+    moments = ()  # names of the per-parameter state vectors (a class attribute, not a field)
 
-    def step(self, theta: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        self.t += 1
-        return (theta + self._update(grad)).astype(theta.dtype, copy=False)
+    def init(self, dim: int) -> State:
+        return {"t": np.int64(0), **{k: np.zeros(dim, dtype=np.float32) for k in self.moments}}
 
-    def _update(self, grad: np.ndarray) -> np.ndarray:
+    def step(self, state: State, theta: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, State]:
+        """(new theta, new state); `state` and `theta` are left as they were."""
+        t = int(state["t"]) + 1
+        update, moments = self._update(state, t, grad)
+        return (theta + update).astype(theta.dtype, copy=False), {"t": np.int64(t), **moments}
+
+    def _update(self, state: State, t: int, grad: np.ndarray) -> tuple[np.ndarray, dict]:
         raise NotImplementedError
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {"t": np.int64(self.t)}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.t = int(state["t"])
-        for key, value in state.items():
-            if key != "t":
-                current = getattr(self, key)
-                if current.shape != np.shape(value):
-                    raise ValueError(f"optimizer state '{key}' has shape {np.shape(value)}, expected {current.shape}")
-                setattr(self, key, np.array(value, dtype=current.dtype))
+@dataclass(frozen=True)
+class GD(Optimizer):
+    """Plain gradient step theta + lr * grad: the update the SNES paper writes down."""
+
+    name = "gd"
+
+    def _update(self, state, t, grad):
+        return (self.lr * grad).astype(np.float32), {}
 
 
+@dataclass(frozen=True)
 class SGD(Optimizer):
     """SGD with momentum, as in the OpenAI ES starter: v <- m v + (1-m) g."""
 
+    momentum: float = 0.9
     name = "sgd"
+    moments = ("v",)
 
-    def __init__(self, dim: int, lr: float, momentum: float = 0.9):
-        super().__init__(dim, lr)
-        self.momentum = float(momentum)
-        self.v = np.zeros(dim, dtype=np.float32)
-
-    def _update(self, grad):
-        self.v = self.momentum * self.v + (1.0 - self.momentum) * grad.astype(np.float32)
-        return self.lr * self.v
-
-    def state_dict(self):
-        return {**super().state_dict(), "v": self.v}
+    def _update(self, state, t, grad):
+        v = self.momentum * state["v"] + (1.0 - self.momentum) * grad.astype(np.float32)
+        return self.lr * v, {"v": v}
 
 
+@dataclass(frozen=True)
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with bias correction."""
 
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
     name = "adam"
+    moments = ("m", "v")
 
-    def __init__(self, dim: int, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        super().__init__(dim, lr)
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
-        self.m = np.zeros(dim, dtype=np.float32)
-        self.v = np.zeros(dim, dtype=np.float32)
-
-    def _update(self, grad):
+    def _update(self, state, t, grad):
         g = grad.astype(np.float32)
-        t = self.t
-        self.m = self.beta1 * self.m + (1.0 - self.beta1) * g
-        self.v = self.beta2 * self.v + (1.0 - self.beta2) * (g * g)
+        m = self.beta1 * state["m"] + (1.0 - self.beta1) * g
+        v = self.beta2 * state["v"] + (1.0 - self.beta2) * (g * g)
         a = self.lr * np.sqrt(1.0 - self.beta2**t) / (1.0 - self.beta1**t)
-        return (a * self.m / (np.sqrt(self.v) + self.eps)).astype(np.float32)
-
-    def state_dict(self):
-        return {**super().state_dict(), "m": self.m, "v": self.v}
+        return (a * m / (np.sqrt(v) + self.eps)).astype(np.float32), {"m": m, "v": v}
 
 
+@dataclass(frozen=True)
 class ClipUp(Optimizer):
     """ClipUp (Toklu et al. 2020): normalised gradient, momentum, and a speed cap.
 
-    The step length is set by `lr` and bounded by `max_speed` regardless of the
-    gradient's scale, which makes one learning rate work across tasks.
+    The step length is set by `lr` and bounded by `max_speed` (default 2 lr)
+    regardless of the gradient's scale, which makes one learning rate work across tasks.
     """
 
+    momentum: float = 0.9
+    max_speed: float = 0.0
     name = "clipup"
+    moments = ("v",)
 
-    def __init__(self, dim: int, lr: float, momentum: float = 0.9, max_speed: float | None = None):
-        super().__init__(dim, lr)
-        self.momentum = float(momentum)
-        self.max_speed = float(max_speed) if max_speed else 2.0 * self.lr
-        self.v = np.zeros(dim, dtype=np.float32)
-
-    def _update(self, grad):
+    def _update(self, state, t, grad):
         g = grad.astype(np.float32)
         norm = float(np.linalg.norm(g))
         step = self.lr * g / norm if norm > 0 else np.zeros_like(g)
-        self.v = self.momentum * self.v + step
-        speed = float(np.linalg.norm(self.v))
-        if speed > self.max_speed:
-            self.v = self.v * np.float32(self.max_speed / speed)
-        return self.v
-
-    def state_dict(self):
-        return {**super().state_dict(), "v": self.v}
+        v = self.momentum * state["v"] + step
+        cap = self.max_speed or 2.0 * self.lr
+        speed = float(np.linalg.norm(v))
+        if speed > cap:
+            v = v * np.float32(cap / speed)
+        return v, {"v": v}
 
 
-OPTIMIZERS = {cls.name: cls for cls in (Adam, SGD, ClipUp)}
+OPTIMIZERS = {cls.name: cls for cls in (Adam, SGD, ClipUp, GD)}
 
 
-def make_optimizer(name: str, dim: int, lr: float, momentum: float = 0.9) -> Optimizer:
+def make_optimizer(name: str, lr: float, momentum: float = 0.9) -> Optimizer:
     if name == "adam":
-        return Adam(dim, lr)
+        return Adam(lr)
     if name == "sgd":
-        return SGD(dim, lr, momentum)
+        return SGD(lr, momentum)
     if name == "clipup":
-        return ClipUp(dim, lr, momentum)
+        return ClipUp(lr, momentum)
+    if name == "gd":
+        return GD(lr)
     raise ValueError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")

@@ -15,9 +15,9 @@ import numpy as np
 
 # Columns that depend only on the config and seed (compared by the exact-resume tests) ...
 DETERMINISTIC = ["generation", "timesteps", "episodes", "return_mean", "return_max", "return_min",
-                 "eval_return", "eval_return_std", "failed_members", "grad_norm", "update_norm", "param_norm"]
+                 "eval_return", "eval_return_std", "failed_members", "grad_norm", "update_norm", "param_norm", "sigma_mean"]
 # ... and the ones that measure the machine.
-TIMING = ["gen_seconds", "steps_per_s", "wall_seconds"]
+TIMING = ["gen_seconds", "steps_per_s", "wall_seconds", "idle_fraction"]
 COLUMNS = DETERMINISTIC + TIMING
 INT_COLUMNS = {"generation", "timesteps", "episodes", "failed_members"}
 

@@ -36,7 +36,7 @@ def replace_nonfinite(fitness: np.ndarray) -> tuple[np.ndarray, int]:
 
     Returns the cleaned copy and how many members were replaced. If every
     member failed, all get 0: they tie, so their utilities are all zero and
-    `NES.tell` leaves theta and the optimizer untouched (no NaN, no step).
+    every strategy's `tell` leaves its state untouched (no NaN, no step).
     """
     fitness = np.array(fitness, dtype=np.float64)
     bad = ~np.isfinite(fitness)
@@ -45,3 +45,26 @@ def replace_nonfinite(fitness: np.ndarray) -> tuple[np.ndarray, int]:
         worst = fitness[~bad].min() if n_bad < fitness.size else 0.0
         fitness[bad] = worst
     return fitness, n_bad
+
+
+def nes_utilities(fitness: np.ndarray) -> np.ndarray:
+    """The NES utility values (Wierstra et al. 2014, section 3.1), summing to zero.
+
+    The member of rank k (1 = best) of n gets max(0, ln(n/2 + 1) - ln k), normalised
+    to sum to one, minus 1/n: only the better half pulls, the rest push equally.
+    Tied fitnesses share the mean of their utilities, so the result does not depend
+    on the members' order.
+    """
+    fitness = np.asarray(fitness, dtype=np.float64).ravel()
+    n = fitness.size
+    values, inverse = np.unique(fitness, return_inverse=True)
+    if values.size < 2:  # all tied: exactly zero (the average of the utilities is zero only up to rounding)
+        return np.zeros(n)
+    raw = np.maximum(0.0, np.log(n / 2 + 1) - np.log(np.arange(1, n + 1)))
+    by_rank = raw / raw.sum() - 1.0 / n
+    order = np.argsort(-fitness, kind="stable")
+    u = np.empty(n)
+    u[order] = by_rank
+    if values.size < n:  # average over ties
+        u = (np.bincount(inverse, weights=u) / np.bincount(inverse))[inverse]
+    return u

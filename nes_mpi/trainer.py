@@ -2,7 +2,9 @@
 
 Per generation: build my members' parameters from (theta, generation, noise),
 roll them out, Allgatherv (fitness, return, steps, observation sums) in member
-order, then every rank applies the identical NES update and statistics update.
+order, then every rank applies the identical strategy update and statistics update.
+The strategy's state (mean, sigma, optimizer moments: whatever it keeps) is an
+opaque dict here: the trainer passes it to ask/tell and to the checkpoint.
 """
 from __future__ import annotations
 
@@ -20,19 +22,17 @@ from mpi4py import MPI
 from . import checkpoint as ckpt
 from .checkpoint import TrainState
 from .comm import SharedNoise, StopChannel, check_identical, gather_rows, member_range
-from .config import SAFE_ON_RESUME, Config, ConfigError
+from .config import SAFE_ON_RESUME, Config, ConfigError, strategy_options
 from .envs import make_env
 from .fault_policy import FailureWatch
-from .noise import NoiseTable
 from .obs_norm import ObsNorm
-from .optimizers import make_optimizer
 from .policy import BatchPolicy, PolicySpec, initial_params, spec_for
-from .rollout import episode_seed, obs_count, rollout
+from .rollout import RolloutResult, episode_seed, obs_count, rollout
 from .run_lock import RunDirBusy, RunLock
 from .runlog import RunLog, console_line
 from .signals import EXIT_PREEMPTED, StopRequest
 from .status import write_status
-from .strategy import NES
+from .strategies import make_strategy
 
 EVAL_STREAM = 1
 EXIT_ERROR = 1
@@ -53,6 +53,67 @@ class SystematicFailure(RuntimeError):
 def say(comm, *args, file=None):
     if comm.rank == 0:
         print(*args, file=file or sys.stdout, flush=True)
+
+
+def noise_layout_line(lay: dict) -> str:
+    """One console line on where the noise table lives: one copy per node is the design."""
+    mib = lay["table_bytes"] / 2**20
+    res = "" if lay["resident_bytes"] is None else f"; resident {lay['resident_bytes'] / 2**20:.1f} MiB summed over ranks"
+    nodes = " | ".join(rank_list(r) for r in lay["node_ranks"])
+    n = len(lay["owners"])
+    return (f"nes_mpi: noise table: {n} {'copy' if n == 1 else 'copies'} of {mib:.1f} MiB on {len(lay['node_ranks'])} node(s) "
+            f"(ranks {nodes}; owners {rank_list(lay['owners'])}{res})"
+            + ("; update summed by each node's ranks together" if lay["update_split"] else ""))
+
+
+def rank_list(ranks: list[int]) -> str:
+    """Ranks as compact runs: [0, 1, 2, 5] -> '0-2,5'."""
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+# The Allgatherv row of one member: these scalars, then its observation sums and sums of squares.
+ROW_FITNESS, ROW_RETURN, ROW_STEPS, ROW_FAILED, ROW_OBS_COUNT, ROW_ROLLOUT_SECONDS = range(6)
+ROW_SCALARS = 6
+
+
+def row_doubles(obs_dim: int) -> int:
+    return ROW_SCALARS + 2 * obs_dim
+
+
+def pack_rows(res: RolloutResult, rollout_seconds: float) -> np.ndarray:
+    """This rank's members as Allgatherv rows; each carries the rank's rollout time, for the idle fraction."""
+    od = res.obs_sum.shape[1]
+    local = np.empty((len(res.fitness), row_doubles(od)))
+    local[:, ROW_FITNESS] = res.fitness
+    local[:, ROW_RETURN] = res.returns
+    local[:, ROW_STEPS] = res.steps
+    local[:, ROW_FAILED] = res.failed
+    local[:, ROW_OBS_COUNT] = obs_count(res)
+    local[:, ROW_ROLLOUT_SECONDS] = rollout_seconds
+    local[:, ROW_SCALARS : ROW_SCALARS + od] = res.obs_sum
+    local[:, ROW_SCALARS + od :] = res.obs_sumsq
+    return local
+
+
+def pooled_obs(full: np.ndarray, obs_dim: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The whole population's observation count, sum and sum of squares (the same bits on every rank)."""
+    lo = ROW_SCALARS
+    return (int(full[:, ROW_OBS_COUNT].sum()), full[:, lo : lo + obs_dim].sum(axis=0),
+            full[:, lo + obs_dim :].sum(axis=0))
+
+
+def idle_fraction(rollout_seconds: np.ndarray, n_ranks: int) -> float:
+    """1 - mean/max of the ranks' rollout times: the share of rollout time spent waiting for the slowest rank."""
+    n = len(rollout_seconds)
+    per_rank = rollout_seconds[[member_range(n, n_ranks, r).start for r in range(n_ranks)]]
+    slowest = per_rank.max()
+    return float(1 - per_rank.mean() / slowest) if slowest > 0 else 0.0
 
 
 @dataclass
@@ -133,7 +194,7 @@ def _later_checkpoints(run_dir: Path, path: Path, generation: int) -> list[Path]
     """
     def later_than_path(p: Path) -> bool:
         try:
-            return p.resolve() != path.resolve() and ckpt.load(p).generation > generation
+            return p.resolve() != path.resolve() and ckpt.load(p, legacy=True).generation > generation
         except ckpt.CheckpointError:
             return False
 
@@ -161,6 +222,8 @@ def rewind(run_dir: Path, later: list[Path]) -> Path:
 
 def resolve_config(comm, overrides: dict, resume: str | None, force: bool, rewind_ok: bool = False) -> Setup:
     """Decide fresh vs resume and the effective config. Same answer on every rank."""
+    given = overrides
+    overrides = strategy_options(given)
     fresh_cfg = Config.from_dict(overrides)
     run_dir = Path(overrides.get("run_dir") or fresh_cfg.run_dir)
     explicit = bool(overrides.get("run_dir"))
@@ -171,6 +234,7 @@ def resolve_config(comm, overrides: dict, resume: str | None, force: bool, rewin
     if ":" in stored.env and "env" not in overrides:
         raise ConfigError(f"{path} names the environment {stored.env!r}, code that nes_mpi imports only when you name "
                           f"it yourself: pass --env {stored.env} to resume it")
+    overrides = strategy_options(given, stored.strategy)  # a preset's [snes] table applies to a resumed snes run
     cfg = Config.from_dict(overrides, base=stored)
     changed = [k for k in overrides if k not in SAFE_ON_RESUME and getattr(cfg, k) != getattr(stored, k)]
     if changed and not force:
@@ -221,10 +285,12 @@ class Trainer:
         if self.state is not None and PolicySpec.from_dict(self.state.policy) != self.spec:
             raise ConfigError(f"the checkpoint's policy {self.state.policy} does not fit environment {cfg.env!r}")
         self.dim = self.spec.num_params
-        # NES_MPI_INJECT_DIVERGENCE=RANK:GEN perturbs one parameter of RANK's parameters after generation GEN,
-        # so that the tests can prove the cross-rank hash check catches it.
-        inject = os.environ.get("NES_MPI_INJECT_DIVERGENCE", "")
-        self._inject_divergence = tuple(int(x) for x in inject.split(":")) if inject else None
+        # NES_MPI_INJECT_DIVERGENCE=RANK:GEN[:ENTRY] perturbs the first number of one entry of RANK's strategy
+        # state (default: the mean) after generation GEN, so that the tests can prove the cross-rank hash check
+        # catches it.
+        inject = os.environ.get("NES_MPI_INJECT_DIVERGENCE", "").split(":")
+        self._inject_divergence = (int(inject[0]), int(inject[1])) if len(inject) >= 2 else None
+        self._inject_entry = inject[2] if len(inject) == 3 else "mean"
         # NES_MPI_DELAY_STOP_WRITE=SECONDS makes rank 0 wait before writing a stop checkpoint, so that the
         # tests can prove no rank exits before the checkpoint is durable, and can time a second Ctrl-C.
         self._delay_stop_write = float(os.environ.get("NES_MPI_DELAY_STOP_WRITE", "0") or 0)
@@ -234,27 +300,32 @@ class Trainer:
     def setup_numerics(self):
         cfg, comm = self.cfg, self.comm
         self.shared_noise = SharedNoise(comm, cfg.noise_table_size, cfg.seed)
-        self.noise = NoiseTable(self.shared_noise.table, cfg.seed)
-        self.optimizer = make_optimizer(cfg.optimizer, self.dim, cfg.lr, cfg.momentum)
-        self.nes = NES(self.noise, self.dim, cfg.population, cfg.sigma, self.optimizer, cfg.antithetic, cfg.weight_decay,
-                       cfg.top_directions)
+        self.noise = self.shared_noise.noise_table(cfg.seed, self.dim)
+        say(comm, noise_layout_line(self.shared_noise.layout(comm)))
+        try:
+            self.strategy = make_strategy(cfg, self.noise, self.dim)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.obs_norm = ObsNorm(self.spec.obs_dim, cfg.obs_clip, cfg.obs_norm)
         self.policy = BatchPolicy(self.spec)
         s = self.state
         if s is None:
-            self.theta = initial_params(self.spec, cfg.seed)
+            self.sstate = self.strategy.init(initial_params(self.spec, cfg.seed))
             self.generation = self.timesteps = self.episodes = 0
             self.wall_seconds = 0.0
             self.eval_return = self.best_eval_return = -math.inf
             history = None
         else:
-            self.theta = np.asarray(s.params, dtype=np.float32)
-            stored_optimizer = Config.from_dict(s.config).optimizer
-            if stored_optimizer == cfg.optimizer:
-                self.optimizer.load_state_dict(s.optimizer)
-            else:  # only with --force: the old moments mean nothing to another optimizer
-                say(comm, f"nes_mpi: optimizer changed from {stored_optimizer} to {cfg.optimizer}: "
-                          "starting it with fresh state (step 0, zero moments)")
+            before = Config.from_dict(s.config)
+            if (before.strategy, before.optimizer) == (cfg.strategy, cfg.optimizer):
+                try:
+                    self.sstate = self.strategy.restore({**s.strategy, "mean": s.params})
+                except ValueError as e:
+                    raise ConfigError(f"{self.resumed_from}: {e}") from None
+            else:  # only with --force: another strategy's sigma or another optimizer's moments mean nothing here
+                say(comm, f"nes_mpi: strategy/optimizer changed from {before.strategy}/{before.optimizer} to "
+                          f"{cfg.strategy}/{cfg.optimizer}: continuing from the stored mean with a fresh state")
+                self.sstate = self.strategy.init(s.params)
             self.obs_norm.load_state_dict(s.obs_norm)
             self.generation, self.timesteps, self.episodes = s.generation, s.timesteps, s.episodes
             self.wall_seconds = s.wall_seconds
@@ -266,6 +337,22 @@ class Trainer:
             (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
 
     # ---- one generation ------------------------------------------------------------------
+    @property
+    def theta(self) -> np.ndarray:
+        """The mean of the search distribution: the policy that is evaluated and saved as /params."""
+        return self.sstate["mean"]
+
+    def state_bytes(self, sstate: dict | None = None) -> np.ndarray:
+        """The strategy's whole state (mean, sigma, optimizer moments) as one byte vector, for the cross-rank hash."""
+        sstate = self.sstate if sstate is None else sstate
+        return np.frombuffer(b"".join(np.ascontiguousarray(sstate[k]).tobytes() for k in sorted(sstate)),
+                             dtype=np.uint8)
+
+    def finished(self) -> bool:
+        """The run has done its generations, or its timesteps budget (checked at the end of a generation)."""
+        cfg = self.cfg
+        return self.generation >= cfg.generations or (cfg.timesteps > 0 and self.timesteps >= cfg.timesteps)
+
     def evaluate(self, generation: int) -> tuple[float, float, int]:
         """Mean and std return of the mean policy over eval_episodes, spread over ranks."""
         cfg = self.cfg
@@ -295,30 +382,23 @@ class Trainer:
     def step(self) -> dict:
         cfg, g = self.cfg, self.generation
         members = list(self.members)
-        params = self.nes.ask(self.theta, g, members)
+        params = self.strategy.ask(self.sstate, g, members)
         seeds = [[episode_seed(cfg.seed, g, m, e) for e in range(cfg.episodes_per_member)] for m in members]
         mean, std = self.obs_norm.mean_std()
+        t_roll = time.perf_counter()
         res = rollout(self.envs[: len(members)], self.max_steps, self.policy, params, seeds, mean, std,
                       self.obs_norm.clip, cfg.survival_bonus, collect_obs=cfg.obs_norm, poll=self.channel.poll)
+        t_roll = time.perf_counter() - t_roll
         if self.channel.agree():  # every rank, whether its rollout finished or was cut short by a stop
             raise GenerationAbandoned
         for slot, msg in res.errors:
             print(f"nes_mpi: rank {self.comm.rank}: generation {g} member {members[slot]}: {msg}", file=sys.stderr, flush=True)
-        od = self.spec.obs_dim
-        local = np.empty((len(members), 5 + 2 * od))
-        local[:, 0] = res.fitness
-        local[:, 1] = res.returns
-        local[:, 2] = res.steps
-        local[:, 3] = res.failed
-        local[:, 4] = obs_count(res)
-        local[:, 5 : 5 + od] = res.obs_sum
-        local[:, 5 + od :] = res.obs_sumsq
-        full = gather_rows(self.comm, local, cfg.population)
-        fitness, returns, steps = full[:, 0], full[:, 1], full[:, 2]
-        self.last_failed = full[:, 3] > 0
+        full = gather_rows(self.comm, pack_rows(res, t_roll), cfg.population)
+        fitness, returns, steps = full[:, ROW_FITNESS], full[:, ROW_RETURN], full[:, ROW_STEPS]
+        self.last_failed = full[:, ROW_FAILED] > 0
         if cfg.obs_norm:
-            self.obs_norm.update(int(full[:, 4].sum()), full[:, 5 : 5 + od].sum(axis=0), full[:, 5 + od :].sum(axis=0))
-        self.theta, info = self.nes.tell(self.theta, g, fitness)
+            self.obs_norm.update(*pooled_obs(full, self.spec.obs_dim))
+        self.sstate, info = self.strategy.tell(self.sstate, g, fitness)
         self.generation = g + 1
         gen_steps = int(steps.sum())
         self.timesteps += gen_steps
@@ -330,13 +410,16 @@ class Trainer:
             "return_max": float(ok.max()) if ok.size else math.nan,
             "return_min": float(ok.min()) if ok.size else math.nan,
             "failed_members": info.n_failed, "grad_norm": info.grad_norm, "update_norm": info.update_norm,
+            "sigma_mean": info.sigma_mean,
             "param_norm": float(np.linalg.norm(self.theta)), "_steps": gen_steps,
+            "idle_fraction": idle_fraction(full[:, ROW_ROLLOUT_SECONDS], self.comm.size),
         }
 
     # ---- checkpoints ------------------------------------------------------------------------
     def train_state(self, history: bool = True) -> TrainState:
         return TrainState(
-            params=self.theta, optimizer=self.optimizer.state_dict(), obs_norm=self.obs_norm.state_dict(),
+            params=self.theta, strategy={k: v for k, v in self.sstate.items() if k != "mean"},
+            obs_norm=self.obs_norm.state_dict(),
             generation=self.generation, timesteps=self.timesteps, episodes=self.episodes,
             wall_seconds=self.wall_seconds, eval_return=self.eval_return, best_eval_return=self.best_eval_return,
             config=self.cfg.to_dict(), policy=self.spec.to_dict(), history=self.log.history() if history else {},
@@ -348,7 +431,7 @@ class Trainer:
         and how many history rows belong to it (the log only grows, so the rows are cut when it is saved)."""
         s = self.train_state(history=False)
         s.params = s.params.copy()
-        s.optimizer = {k: np.copy(v) for k, v in s.optimizer.items()}
+        s.strategy = {k: np.copy(v) for k, v in s.strategy.items()}
         s.obs_norm = {k: np.copy(v) for k, v in s.obs_norm.items()}
         return s, len(self.log.rows["generation"])
 
@@ -370,14 +453,14 @@ class Trainer:
         """Collective: best.h5 follows the best finite evaluation, the one at generation 0 included."""
         if math.isfinite(ev) and ev > self.best_eval_return:
             self.best_eval_return = ev
-            check_identical(self.comm, self.theta, self.generation)
+            check_identical(self.comm, self.state_bytes(), self.generation)
             self.save_best()
 
     def stop_on_failures(self, snapshot: tuple[TrainState, int], cause: str) -> None:
         """Collective, on a systematic failure: checkpoint the last good state (unpruned) and raise why."""
         good, rows = snapshot
         good.history = {c: v[:rows] for c, v in self.log.history().items()}
-        check_identical(self.comm, good.params, good.generation)
+        check_identical(self.comm, self.state_bytes({**good.strategy, "mean": good.params}), good.generation)
         path = ckpt.checkpoint_path(self.run_dir, good.generation)
         msg = (f"{cause}. The last good state (generation {good.generation}) is in {path}; "
                f"fix the environment, then resume from it with --resume {path} --rewind")
@@ -390,7 +473,8 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, stop: StopRequest) -> int:
-        """Train to cfg.generations (0) or until a stop is agreed (EXIT_PREEMPTED); rank 0 keeps status.json."""
+        """Train to cfg.generations or the timesteps budget (0) or until a stop is agreed (EXIT_PREEMPTED);
+        rank 0 keeps status.json."""
         cfg, comm = self.cfg, self.comm
         self.channel = StopChannel(comm, stop)
         say(comm, f"nes_mpi: {'resuming ' + str(self.resumed_from) + ' at generation ' + str(self.generation) if self.resumed_from else 'new run'}"
@@ -416,7 +500,7 @@ class Trainer:
         failures = FailureWatch(cfg.fail_fraction, cfg.fail_generations)
         slices = [member_range(cfg.population, comm.size, r) for r in range(comm.size)]
         good = None
-        while self.generation < cfg.generations:
+        while not self.finished():
             t0 = time.perf_counter()
             good = self.snapshot() if failures.streak == 0 else good
             evaluating = cfg.eval_every and (self.generation + 1) % cfg.eval_every == 0
@@ -439,16 +523,18 @@ class Trainer:
                 self.log.append(row)
                 self.stop_on_failures(good, cause)
             if self._inject_divergence == (comm.rank, g):  # fault injection for the tests, see __init__
-                self.theta = self.theta.copy()
-                self.theta[0] += np.float32(0.01)
-            writing = g % cfg.checkpoint_every == 0 or g == cfg.generations
-            if g % cfg.check_every == 0 or writing:  # never write parameters the ranks disagree on
-                check_identical(comm, self.theta, g)
+                entry = self.sstate[self._inject_entry].copy()
+                entry[0] += np.float32(0.01)
+                self.sstate = {**self.sstate, self._inject_entry: entry}
+            done = self.finished()
+            writing = g % cfg.checkpoint_every == 0 or done
+            if g % cfg.check_every == 0 or writing:  # never write a state the ranks disagree on
+                check_identical(comm, self.state_bytes(), g)
             dt = time.perf_counter() - t0
             row.update(gen_seconds=dt, steps_per_s=steps / dt, wall_seconds=self.wall_seconds + dt)
             self.wall_seconds += dt
             self.log.append(row)
-            if g % cfg.log_every == 0 or g == cfg.generations:
+            if g % cfg.log_every == 0 or done:
                 say(comm, console_line(row))
             self.update_best(row.get("eval_return", math.nan))
             if writing:
@@ -456,9 +542,11 @@ class Trainer:
                 last_saved = g
         path = None
         if last_saved != self.generation:
+            check_identical(comm, self.state_bytes(), self.generation)
             path = self.save_checkpoint()
         self.channel.close()
-        self.record_status("finished", 0, "reached the last generation", path or ckpt.checkpoint_path(self.run_dir, self.generation))
+        reason = "reached the last generation" if self.generation >= cfg.generations else "reached the timesteps budget"
+        self.record_status("finished", 0, reason, path or ckpt.checkpoint_path(self.run_dir, self.generation))
         say(comm, f"nes_mpi: done: {self.generation} generations, {self.timesteps:,} timesteps, "
                   f"eval return {self.eval_return:.1f} (best {self.best_eval_return:.1f}), "
                   f"{time.perf_counter() - start:.1f} s this session; checkpoints in {ckpt.checkpoint_dir(self.run_dir)}")
@@ -466,13 +554,12 @@ class Trainer:
 
     def _numerics(self) -> dict:
         """What a generation changes, copied: restored when a stop abandons it after the update."""
-        return copy.deepcopy({"theta": self.theta, "optimizer": self.optimizer.state_dict(),
+        return copy.deepcopy({"strategy": self.sstate,
                               "obs_norm": self.obs_norm.state_dict(), "generation": self.generation,
                               "timesteps": self.timesteps, "episodes": self.episodes, "eval_return": self.eval_return})
 
     def _restore_numerics(self, saved: dict) -> None:
-        self.theta = saved["theta"]
-        self.optimizer.load_state_dict(saved["optimizer"])
+        self.sstate = saved["strategy"]
         self.obs_norm.load_state_dict(saved["obs_norm"])
         self.generation, self.timesteps, self.episodes = saved["generation"], saved["timesteps"], saved["episodes"]
         self.eval_return = saved["eval_return"]
@@ -486,7 +573,7 @@ class Trainer:
         """
         comm = self.comm
         abandoned = time.perf_counter() - gen_start
-        check_identical(comm, self.theta, self.generation)
+        check_identical(comm, self.state_bytes(), self.generation)
         self.channel.close()
         has_state = self.generation > 0 or bool(self.log.rows["generation"])
         outcome = None

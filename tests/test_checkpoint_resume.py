@@ -30,7 +30,7 @@ def state_of(path) -> dict:
     """Everything that defines where a run is: parameters, optimizer, normalisation, counters, history."""
     s = ckpt.load(path)
     return {
-        "params": s.params, **{f"opt_{k}": np.asarray(v) for k, v in s.optimizer.items()},
+        "params": s.params, **{f"strategy_{k}": np.asarray(v) for k, v in s.strategy.items()},
         **{f"norm_{k}": np.asarray(v) for k, v in s.obs_norm.items()},
         "counters": np.array([s.generation, s.timesteps, s.episodes]),
         **{f"hist_{c}": np.asarray(s.history[c]) for c in DETERMINISTIC},
@@ -295,7 +295,7 @@ def test_checkpoint_roundtrip_and_atomic_write(tmp_path, straight):
     with h5py.File(out, "r") as f:
         assert f.attrs["format"] == "nes_mpi-checkpoint"
         assert json.loads(f.attrs["config"])["env"] == "Hopper-v5"
-        for name in ("params", "optimizer/m", "optimizer/v", "obs_norm/sum", "obs_norm/sumsq", "obs_norm/count",
+        for name in ("params", "strategy/opt_m", "strategy/opt_v", "strategy/opt_t", "obs_norm/sum", "obs_norm/sumsq", "obs_norm/count",
                      "history/eval_return", "noise"):
             assert name in f
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from nes_mpi.config import Config, ConfigError, load_toml
+from nes_mpi.config import Config, ConfigError, load_toml, merge_options, strategy_options
 from nes_mpi.noise import CHUNK, NoiseTable, fill_chunks, make_table, n_chunks
-from nes_mpi.optimizers import SGD, Adam, ClipUp, make_optimizer
+from nes_mpi.optimizers import GD, SGD, Adam, ClipUp, make_optimizer
 from nes_mpi.policy import BatchPolicy, PolicySpec, initial_params
 from nes_mpi.torch_policy import build_torch
 from nes_mpi.shaping import centered_ranks, replace_nonfinite
-from nes_mpi.strategy import NES
+from nes_mpi.strategies import OpenAIES, Sampling
 
 
 def test_centered_ranks_range_order_and_ties():
@@ -61,18 +61,40 @@ def test_weighted_sum_matches_dense_computation():
     np.testing.assert_allclose(got, dense, rtol=1e-5, atol=1e-5)
 
 
-def _nes(dim=20, pop=200, sigma=0.1, lr=0.05, antithetic=True, opt="sgd"):
-    table = NoiseTable(make_table(1 << 18, 0), 0)
-    return NES(table, dim, pop, sigma, make_optimizer(opt, dim, lr, 0.0 if opt == "sgd" else 0.9), antithetic)
+def test_weighted_sum_in_parts_has_the_bits_of_the_whole():
+    """The node-cooperative update sums ranges of the dimensions on different ranks: any split, same bits."""
+    t = NoiseTable(make_table(1 << 18, 4), 4)
+    dim = 1001
+    offsets = t.offsets(2, 40, dim)
+    w = np.random.default_rng(1).standard_normal(40)
+    for squared in (False, True):
+        whole = t.weighted_sum(w, offsets, dim, squared)
+        for cuts in ([0, dim], [0, 1, dim], [0, 334, 668, dim], [0, 500, 501, 999, dim]):
+            parts = []
+            for lo, hi in zip(cuts[:-1], cuts[1:]):
+                out = np.zeros(hi - lo, dtype=np.float32)
+                t.weighted_sum_part(w, offsets, lo, hi, out, squared)
+                parts.append(out)
+            assert np.concatenate(parts).astype(np.float64).tobytes() == whole.tobytes()
+
+
+
+TABLE = NoiseTable(make_table(1 << 18, 0), 0)
+
+
+def _nes(dim=20, pop=200, sigma=0.1, lr=0.05, antithetic=True, opt="sgd", top_directions=1.0):
+    return OpenAIES(Sampling(TABLE, dim, pop, antithetic), sigma, make_optimizer(opt, lr, 0.0 if opt == "sgd" else 0.9),
+                    top_directions=top_directions)
 
 
 def test_ask_builds_mirrored_members_from_the_shared_noise():
     nes = _nes(dim=10, pop=6)
     theta = np.arange(10, dtype=np.float32)
-    p = nes.ask(theta, 3, range(6))
+    state = nes.init(theta)
+    p = nes.ask(state, 3, range(6))
     np.testing.assert_allclose(p[0] - theta, -(p[1] - theta), atol=1e-6)
     # any subset of members is bit-identical to the same rows of the whole population
-    assert np.array_equal(nes.ask(theta, 3, [4, 5]), p[4:6])
+    assert np.array_equal(nes.ask(state, 3, [4, 5]), p[4:6])
     assert not np.array_equal(p[0], p[2])
 
 
@@ -83,7 +105,7 @@ def test_gradient_estimate_points_uphill_on_a_quadratic(antithetic):
     nes = _nes(dim=dim, pop=400, antithetic=antithetic)
     c = np.linspace(-1, 1, dim).astype(np.float32)
     theta = np.zeros(dim, np.float32)
-    params = nes.ask(theta, 0, range(nes.population))
+    params = nes.ask(nes.init(theta), 0, range(400))
     fitness = -np.sum((params - c) ** 2, axis=1)
     grad, _ = nes.gradient(0, fitness)
     true = 2 * (c - theta)
@@ -95,21 +117,20 @@ def test_nes_solves_a_quadratic():
     dim = 20
     nes = _nes(dim=dim, pop=100, lr=0.05)
     c = np.linspace(-1, 1, dim).astype(np.float32)
-    theta = np.zeros(dim, np.float32)
-    start = np.sum((theta - c) ** 2)
+    state = nes.init(np.zeros(dim, np.float32))
+    start = np.sum(c**2)
     for g in range(150):
-        params = nes.ask(theta, g, range(nes.population))
-        theta, info = nes.tell(theta, g, -np.sum((params - c) ** 2, axis=1))
-    assert np.sum((theta - c) ** 2) < 0.05 * start
+        params = nes.ask(state, g, range(100))
+        state, info = nes.tell(state, g, -np.sum((params - c) ** 2, axis=1))
+    assert np.sum((state["mean"] - c) ** 2) < 0.05 * start
 
 
 def test_nan_fitness_never_reaches_the_parameters():
     nes = _nes(dim=5, pop=10)
-    theta = np.zeros(5, np.float32)
     f = np.arange(10, dtype=np.float64)
     f[[2, 7]] = np.nan
-    theta2, info = nes.tell(theta, 0, f)
-    assert info.n_failed == 2 and np.isfinite(theta2).all()
+    state, info = nes.tell(nes.init(np.zeros(5, np.float32)), 0, f)
+    assert info.n_failed == 2 and np.isfinite(state["mean"]).all()
 
 
 def test_population_rules():
@@ -119,30 +140,33 @@ def test_population_rules():
         _nes(pop=1, antithetic=False)
 
 
-@pytest.mark.parametrize("cls", [Adam, SGD, ClipUp])
-def test_optimizers_ascend_and_restore_exactly(cls):
-    opt = cls(3, 0.1)
+@pytest.mark.parametrize("cls", [Adam, SGD, ClipUp, GD])
+def test_optimizers_ascend_and_are_pure(cls):
+    opt = cls(0.1)
+    state = opt.init(3)
     theta = np.zeros(3, np.float32)
     for _ in range(5):
-        theta = opt.step(theta, np.array([1.0, -2.0, 0.0]))
-    assert theta[0] > 0 and theta[1] < 0 and theta[2] == 0
-    clone = cls(3, 0.1)
-    clone.load_state_dict({k: np.copy(v) for k, v in opt.state_dict().items()})
+        theta, state = opt.step(state, theta, np.array([1.0, -2.0, 0.0]))
+    assert theta[0] > 0 and theta[1] < 0 and theta[2] == 0 and int(state["t"]) == 5
+    frozen = {k: np.copy(v) for k, v in state.items()}
     g = np.array([0.3, 0.1, -0.7])
-    assert np.array_equal(opt.step(theta, g), clone.step(theta, g))
+    first = opt.step(state, theta, g)
+    assert all(np.array_equal(state[k], frozen[k]) for k in state)  # the input state is untouched
+    again = opt.step(frozen, theta.copy(), g)  # same state in, same bits out
+    assert np.array_equal(first[0], again[0]) and all(np.array_equal(first[1][k], again[1][k]) for k in state)
 
 
 def test_adam_first_step_is_lr_sized():
-    opt = Adam(2, 0.01)
-    theta = opt.step(np.zeros(2, np.float32), np.array([100.0, -0.001]))
+    opt = Adam(0.01)
+    theta, _ = opt.step(opt.init(2), np.zeros(2, np.float32), np.array([100.0, -0.001]))
     np.testing.assert_allclose(theta, [0.01, -0.01], rtol=1e-3)
 
 
 def test_clipup_caps_speed():
-    opt = ClipUp(4, 0.1, momentum=0.9, max_speed=0.15)
-    theta = np.zeros(4, np.float32)
+    opt = ClipUp(0.1, momentum=0.9, max_speed=0.15)
+    state, theta = opt.init(4), np.zeros(4, np.float32)
     for _ in range(50):
-        new = opt.step(theta, np.ones(4))
+        new, state = opt.step(state, theta, np.ones(4))
         assert np.linalg.norm(new - theta) <= 0.15 + 1e-6
         theta = new
 
@@ -210,21 +234,42 @@ def test_every_shipped_preset_is_a_valid_config():
     names = preset_names()
     assert {"cartpole", "halfcheetah", "hopper", "inverted_pendulum"} <= set(names)
     for name in names:
-        cfg = Config.from_dict(load_toml(name)).validate()
-        assert cfg.env.endswith(("-v1", "-v5"))
+        for strategy in ("openai", "snes", "pgpe"):
+            cfg = Config.from_dict(strategy_options({**load_toml(name), "strategy": strategy})).validate()
+            assert cfg.env.endswith(("-v1", "-v5")) and cfg.timesteps > 0 and cfg.strategy == strategy
+
+
+def test_strategy_tables_and_auto_defaults(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('sigma = 0.05\nlr = 0.3\n[openai]\nlr = 0.02\n[snes]\nsigma-lr = 0.1\n')
+    from_file = load_toml(f)
+    flat = lambda cli, default="openai": strategy_options(merge_options(from_file, cli), default)
+    assert Config.from_dict(flat({})).lr == 0.02  # the table for the strategy beats the top level
+    assert Config.from_dict(flat({"lr": "0.5"})).lr == 0.5  # the command line beats both
+    snes = Config.from_dict(flat({"strategy": "snes"}))
+    assert (snes.lr, snes.sigma_lr, snes.optimizer, snes.weight_decay, snes.sigma) == (0.3, 0.1, "gd", 0.0, 0.05)
+    assert flat({}, default="snes") == {"sigma": 0.05, "lr": 0.3, "sigma_lr": 0.1}  # resuming a snes run: its table
+    # unset options take each strategy's own defaults
+    assert (Config().optimizer, Config().lr, Config().weight_decay) == ("adam", 0.01, 0.005)
+    pgpe = Config(strategy="pgpe")
+    assert (pgpe.optimizer, pgpe.lr, pgpe.weight_decay, pgpe.sigma_lr, pgpe.sigma_max_change) == ("clipup", 0.04, 0.0, 0.0, 0.2)
+    assert (Config(strategy="snes").optimizer, Config(strategy="snes").lr) == ("gd", 1.0)
+    with pytest.raises(ConfigError, match="must be a table"):
+        (tmp_path / "bad.toml").write_text("snes = 3\n")
+        load_toml(tmp_path / "bad.toml")
 
 
 def _dense_sum(nes, generation, weights):
     """sum_k weights[k] eps_k straight from the table slices, in float64 (independent of weighted_sum)."""
-    offsets = nes.directions(generation)
-    return sum(float(w) * nes.noise.table[o : o + nes.dim].astype(np.float64) for w, o in zip(weights, offsets))
+    s = nes.sampling
+    offsets = s.directions(generation)
+    return sum(float(w) * s.noise.table[o : o + s.dim].astype(np.float64) for w, o in zip(weights, offsets))
 
 
 def test_top_directions_keep_only_the_best_pairs_and_average_over_them():
     """ARS: of 4 directions keep the 2 whose better member did best, and divide by the 2b = 4 members kept
     (not by the population of 8), so SGD and ClipUp see the same scale whatever fraction is kept."""
-    nes = _nes(dim=30, pop=8)
-    nes.top_directions = 0.5
+    nes = _nes(dim=30, pop=8, top_directions=0.5)
     f = np.array([1.0, 0.0, 9.0, 8.0, 3.0, 2.0, 7.0, 0.5])  # pairs best: 1, 9, 3, 7 -> keep pairs 1 and 3
     grad, _ = nes.gradient(0, f)
     # ranks of f by hand: 0.0->0, 0.5->1, 1.0->2, 2.0->3, 3.0->4, 7.0->5, 8.0->6, 9.0->7; utilities rank/7 - 0.5
@@ -236,17 +281,15 @@ def test_top_directions_keep_only_the_best_pairs_and_average_over_them():
 def test_tied_members_do_not_move_theta():
     """A tied antithetic pair gets weight 0, and a generation where every member ties (all solved CartPole at 500,
     or all failed) leaves theta and the optimizer state untouched, weight decay included."""
-    table = NoiseTable(make_table(1 << 18, 0), 0)
-    nes = NES(table, 5, 8, 0.02, make_optimizer("adam", 5, 0.01), True, weight_decay=0.005)
-    theta = np.linspace(-1, 1, 5).astype(np.float32)
-    before = {k: np.copy(v) for k, v in nes.optimizer.state_dict().items()}
+    nes = OpenAIES(Sampling(TABLE, 5, 8), 0.02, make_optimizer("adam", 0.01), weight_decay=0.005)
+    state = nes.init(np.linspace(-1, 1, 5).astype(np.float32))
+    before = {k: np.copy(v) for k, v in state.items()}
     for fitness in (np.full(8, 500.0), np.full(8, np.nan)):
-        new, info = nes.tell(theta, 0, fitness)
-        assert np.array_equal(new, theta) and info.update_norm == 0.0 and info.grad_norm == 0.0
-        after = nes.optimizer.state_dict()
-        assert all(np.array_equal(before[k], after[k]) for k in before)
-    new, info = nes.tell(theta, 0, np.arange(8.0))  # any ranking information: a real step
-    assert info.update_norm > 0 and nes.optimizer.t == 1
+        new, info = nes.tell(state, 0, fitness)
+        assert info.update_norm == 0.0 and info.grad_norm == 0.0
+        assert new.keys() == before.keys() and all(np.array_equal(before[k], new[k]) for k in before)
+    new, info = nes.tell(state, 0, np.arange(8.0))  # any ranking information: a real step
+    assert info.update_norm > 0 and int(new["opt_t"]) == 1
     w, _ = nes.direction_weights(np.array([5.0, 5.0, 9.0, 1.0, 2.0, 2.0, 4.0, 3.0]))
     assert w[0] == 0.0 and w[2] == 0.0 and w[1] > 0 and w[3] > 0
 
@@ -259,14 +302,14 @@ def test_estimate_has_the_closed_form_scale_and_sign(antithetic):
     (measured: 1.7% antithetic, 3.6% plain; a wrong factor 2 or sign is off by 100% or 200%)."""
     dim, sigma, pop = 5, 0.5, 40000
     table = NoiseTable(make_table(1 << 20, 11), 11)
-    nes = NES(table, dim, pop, sigma, make_optimizer("sgd", dim, 0.1, 0.0), antithetic)
+    nes = OpenAIES(Sampling(table, dim, pop, antithetic), sigma, make_optimizer("sgd", 0.1, 0.0))
     theta = np.array([0.3, -0.2, 0.5, 0.0, 0.1], np.float32)
     c = np.array([-0.4, 0.3, 0.1, 0.6, -0.2], np.float32)
     f = lambda x: -np.sum((x.astype(np.float64) - c) ** 2, axis=-1)  # noqa: E731
-    eps = np.stack([table.table[o : o + dim] for o in nes.directions(0)]).astype(np.float64)
+    eps = np.stack([table.table[o : o + dim] for o in nes.sampling.directions(0)]).astype(np.float64)
     if antithetic:
         weights = f(theta + sigma * eps) - f(theta - sigma * eps)  # members 2k = +, 2k+1 = -
-        sample = nes.ask(theta, 0, [0, 1])
+        sample = nes.ask(nes.init(theta), 0, [0, 1])
         np.testing.assert_allclose(sample, [theta + sigma * eps[0], theta - sigma * eps[0]], atol=1e-6)
     else:
         weights = f(theta + sigma * eps)

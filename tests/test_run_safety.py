@@ -269,11 +269,11 @@ def _edit_attr(path: Path, where: str, key: str, fn):
 
 
 CORRUPTIONS = {
-    "optimizer_m": lambda p: _flip_dataset_bytes(p, "optimizer/m"),
+    "strategy_opt_m": lambda p: _flip_dataset_bytes(p, "strategy/opt_m"),
     "obs_norm_sum": lambda p: _flip_dataset_bytes(p, "obs_norm/sum"),
     "history": lambda p: _flip_dataset_bytes(p, "history/return_mean"),
     "attr_timesteps": lambda p: _edit_attr(p, "/", "timesteps", lambda v: v + 1),
-    "attr_optimizer_t": lambda p: _edit_attr(p, "optimizer", "t", lambda v: v + 7),
+    "attr_strategy_name": lambda p: _edit_attr(p, "strategy", "name", lambda v: "snes"),
     "attr_config": lambda p: _edit_attr(p, "/", "config", lambda v: v.replace('"lr": 0.01', '"lr": 0.5')),
 }
 
@@ -385,7 +385,8 @@ def test_force_optimizer_change_on_resume_starts_it_fresh(tmp_path, cp_run, mpie
     proc = nes(*FAST, "--generations", "6", "--run-dir", run, "--resume", final(cp_run, 4), "--force",
                "--optimizer", "sgd", ranks=2)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("optimizer changed from adam to sgd") == 1
+    assert proc.stdout.count("strategy/optimizer changed from openai/adam to openai/sgd") == 1
+    assert "fresh state" in proc.stdout
     d = info(final(run, 6))
     assert d["config"]["optimizer"] == "sgd" and d["optimizer_step"] == 2
 
@@ -421,3 +422,42 @@ def test_schema_1_checkpoints_are_read_by_eval_and_info_and_resumed_only_with_fo
     assert f"at generation {g}" in proc.stdout
     with h5py.File(final(run, g + 1), "r") as f:
         assert int(f.attrs["schema_version"]) == ckpt.SCHEMA_VERSION
+
+
+def _as_schema_2(good: Path, out: Path) -> Path:
+    """The file a release with strategies but before the content checksum wrote: /strategy, no content_sha256."""
+    out.write_bytes(good.read_bytes())
+    with h5py.File(out, "r+") as f:
+        f.attrs["schema_version"] = 2
+        del f.attrs[ckpt.CONTENT_SHA]
+    return out
+
+
+def test_schema_2_checkpoints_are_read_as_data_and_resumed_only_with_force(tmp_path, cp_run, mpiexec):
+    old = _as_schema_2(final(cp_run, 4), tmp_path / "v2.h5")
+    with pytest.raises(ckpt.CheckpointError, match="schema version 2.*--force"):
+        ckpt.load(old)
+    state = ckpt.load(old, legacy=True)
+    assert state.generation == 4 and set(state.strategy) == {"opt_t", "opt_m", "opt_v"}
+    assert info(old)["generation"] == 4
+    nes("eval", old, "--episodes", "1", ranks=None, check=True)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    os.replace(old, final(run, 4))
+    proc = nes("status", run, "--json", ranks=None)
+    assert json.loads(proc.stdout)["generation"] == 4
+    before = _snapshot(run)
+    proc = nes(*FAST, "--generations", "6", "--run-dir", run, "--resume", "auto", ranks=2)
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1 and "schema version 2" in lines[0] and "--force" in lines[0], \
+        proc.stderr
+    assert _snapshot(run) == before
+    proc = nes(*FAST, "--generations", "6", "--run-dir", run, "--resume", "auto", "--force", ranks=2, check=True)
+    assert "at generation 4" in proc.stdout
+    with h5py.File(final(run, 6), "r") as f:
+        assert int(f.attrs["schema_version"]) == ckpt.SCHEMA_VERSION and ckpt.CONTENT_SHA in f.attrs
+    # the optimizer went on from the stored moments (same strategy and optimizer: no fresh state), one step per
+    # generation that moved the mean
+    new = ckpt.load(final(run, 6))
+    moved = int(((new.history["generation"] > 4) & (new.history["update_norm"] > 0)).sum())
+    assert "fresh state" not in proc.stdout and int(new.strategy["opt_t"]) == int(state.strategy["opt_t"]) + moved

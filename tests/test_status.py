@@ -30,11 +30,21 @@ def test_finished_unfinished_and_empty(tmp_path):
     write_ckpt(tmp_path / "run", 12, 12)
     p = status(tmp_path / "run", "--json")
     assert p.returncode == 0, p
-    assert json.loads(p.stdout) == {"state": "finished", "generation": 12, "generations": 12,
-                                    "checkpoint": str(ckpt.checkpoint_path(tmp_path / "run", 12))}
+    assert json.loads(p.stdout) == {"state": "finished", "generation": 12, "generations": 12, "timesteps": 1200,
+                                    "timesteps_budget": 0, "checkpoint": str(ckpt.checkpoint_path(tmp_path / "run", 12))}
     # a budget raised on the command line (the batch script's NES_GENERATIONS) wins
     p = status(tmp_path / "run", "--generations", "20")
     assert p.returncode == 3 and "generation 12 of 20" in p.stdout, p
+
+
+def test_a_reached_timesteps_budget_finishes_the_run(tmp_path):
+    write_ckpt(tmp_path / "run", 4, 1000, timesteps=350)  # 400 timesteps: the budget of 350 is reached
+    p = status(tmp_path / "run")
+    assert p.returncode == 0 and p.stdout.startswith("finished: generation 4 of 1000, 400 of 350 timesteps ("), p
+    p = status(tmp_path / "run", "--timesteps", "1000")  # a larger budget on the command line wins
+    assert p.returncode == 3 and "400 of 1,000 timesteps" in p.stdout, p
+    p = status(tmp_path / "run", "--timesteps", "0", "--json")  # 0: no timesteps budget
+    assert p.returncode == 3 and json.loads(p.stdout)["timesteps_budget"] == 0, p
 
 
 def test_corrupt_newest_checkpoint_is_skipped(tmp_path):

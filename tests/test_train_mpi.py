@@ -129,6 +129,11 @@ BAD_INPUT = [
     (["--generations", "-3"], "--generations"),
     (["--no-such-option"], "unrecognized arguments"),
     (["--env", "faulty_envs:NoSuchClass"], "has no attribute"),
+    (["--strategy", "cmaes"], "invalid choice"),
+    (["--strategy", "pgpe", "--no-antithetic"], "needs --antithetic"),
+    (["--strategy", "snes", "--top-directions", "0.5"], "openai only"),
+    (["--sigma-max-change", "1.5"], "--sigma-max-change"),
+    (["--timesteps", "-1"], "--timesteps"),
 ]
 
 
@@ -157,6 +162,7 @@ def test_refuses_a_bare_srun_with_one_rank_per_task(tmp_path):
 def test_help_lists_every_option():
     proc = nes("--help", ranks=None, check=True)
     for opt in ("--env", "--generations", "--population", "--sigma", "--lr", "--optimizer", "--weight-decay",
+                "--strategy", "--timesteps", "--sigma-lr", "--sigma-max-change",
                 "--seed", "--policy", "--hidden-sizes", "--activation", "--episodes-per-member",
                 "--max-episode-steps", "--run-dir", "--eval-every", "--log-every", "--resume", "--config"):
         assert opt in proc.stdout

@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""The cost model with memory-bandwidth contention, from 64 to 8,192 ranks.
+
+design_point.py measures one rank's generation on one idle core. On a node all
+ranks run the replicated update at the same moment, so they share the node's
+memory bandwidth. This script takes the measured components (design_point.json,
+scaling.json, bandwidth.json), measures the two kernels whose cost grows with
+the population (the weighted sum's per-direction and per-byte cost, the
+centered ranks) and models a generation at P ranks, 64 ranks per node,
+population = members per rank x P, for Humanoid-v5 256-256 and
+HalfCheetah-v5 64-64, with the update replicated on every rank (as before) and
+node-cooperative (each rank of a node sums 1/64 of the dimensions; comm.py).
+
+Assumptions (stated, not measured here):
+  * a 64-core node sustains NODE_BW = 150 GB/s of memory reads (one socket of
+    a 64-core EPYC: 8 channels DDR4-3200 = 204.8 GB/s peak, ~75 % sustained);
+    one stream runs at the rate measured here (bandwidth.json) until the node's
+    bandwidth divided by the streaming ranks is lower;
+  * networks as in design_point.py (IB HDR100 class, 10 GbE), ring Allgatherv;
+  * rollouts at the measured per-member-step cost: Humanoid upright 244 us
+    (design_point.json), HalfCheetah 34.7 us with the policy (scaling.json),
+    1,000-step episodes, no early terminations, no idle ranks.
+
+    .venv/bin/python benchmarks/cost_model.py          # ~20 s
+
+Writes benchmarks/results/cost_model.json.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (sets one thread per process before numpy loads)
+import design_point as dp  # noqa: E402
+import numpy as np  # noqa: E402
+
+NODE_BW = 150e9
+RANKS_PER_NODE = 64
+RANK_COUNTS = [64, 128, 256, 512, 1024, 2048, 4096, 8192]
+MEMBERS_PER_RANK = [2, 4, 8]
+ADAM_BYTES_PER_DIM = 48  # float64 grad, m, v, the update; float32 theta in and out: read + written once each
+
+
+def load(name: str) -> dict:
+    return json.loads((common.RESULTS / f"{name}.json").read_text())
+
+
+def measure_kernels() -> dict:
+    """Per-direction and per-byte cost of NoiseTable.weighted_sum, and centered_ranks(pop), CPU clock, best of 5."""
+    from nes_mpi.noise import NoiseTable, make_table
+    from nes_mpi.shaping import centered_ranks
+
+    noise = NoiseTable(make_table(1 << 24, 0), 0)
+    rng = np.random.default_rng(0)
+
+    def best(fn, n=5):
+        ts = []
+        for _ in range(n):
+            c = time.process_time()
+            fn()
+            ts.append(time.process_time() - c)
+        return min(ts)
+
+    out = {}
+    for dim in (64, 159_505):
+        offs = noise.offsets(1, 2048 if dim == 64 else 256, dim)
+        w = rng.standard_normal(offs.size)
+        out[dim] = best(lambda: noise.weighted_sum(w, offs, dim)) / offs.size
+    per_direction = out[64]  # the loop's own cost: 64 floats are nothing
+    per_byte = (out[159_505] - per_direction) / (159_505 * 4)
+    ranks = {}
+    for pop in (1024, 8192, 65536):
+        f = rng.standard_normal(pop)
+        ranks[pop] = best(lambda: centered_ranks(f))
+    return {"weighted_sum_per_direction_s": per_direction, "weighted_sum_per_byte_s": per_byte,
+            "centered_ranks_s": ranks}
+
+
+def tasks(dpj: dict, scj: dict) -> dict:
+    cpu = dpj["components"]["cpu"]
+    upright = dpj["analysis"]["cpu"]["per_member_step_s"]["upright"] if "analysis" in dpj else 244e-6
+    hc = scj["model"]["components"]["1"]
+    hc_members = hc["members"]
+    return {
+        "Humanoid-v5 256-256": {"dim": 159_505, "obs_dim": 348, "per_member_step": upright,
+                                "policy_forward": cpu["policy_forward"], "reset": cpu["reset"],
+                                "ask_per_member": cpu["ask"] / dp.MEMBERS},
+        "HalfCheetah-v5 64-64": {"dim": 5_702, "obs_dim": 17, "per_member_step": hc["cpu"]["rollout"] / (hc_members * 1000),
+                                 "policy_forward": None, "reset": 0.0, "ask_per_member": hc["cpu"]["ask"] / hc_members},
+    }
+
+
+def update_seconds(pop: int, dim: int, k: dict, b1: float, cooperative: bool, adam_alone: float) -> dict:
+    """The update on the busiest rank when all RANKS_PER_NODE ranks of its node run it at the same moment."""
+    directions = pop // 2
+    nbytes = directions * dim * 4
+    r = RANKS_PER_NODE
+    per_stream = min(b1, NODE_BW / r)  # every rank of the node streams at once
+    if cooperative:  # my 1/r of the dimensions, then a copy of the whole sum (dim float32) from the shared buffer
+        ws = directions * k["weighted_sum_per_direction_s"] + nbytes / r / per_stream + dim * 4 / per_stream
+    else:
+        ws = directions * k["weighted_sum_per_direction_s"] + nbytes / per_stream
+    adam = max(adam_alone * dim / 159_505, ADAM_BYTES_PER_DIM * dim / per_stream)
+    ranks = np.interp(pop, list(k["centered_ranks_s"]), list(k["centered_ranks_s"].values()))
+    return {"weighted_sum": ws, "adam_and_rest": adam, "centered_ranks": float(ranks),
+            "total": ws + adam + float(ranks)}
+
+
+def generation(p: int, m: int, t: dict, k: dict, comp: dict, b1: float, net: dict, cooperative: bool) -> dict:
+    pop = m * p
+    steps = dp.EPISODE_STEPS
+    pol = dp.policy_cost(m, t["policy_forward"]) if t["policy_forward"] else 0.0
+    rollout = steps * (m * t["per_member_step"] + pol) + m * t["reset"]
+    row_bytes = 8 * (6 + 2 * t["obs_dim"])
+    upd = update_seconds(pop, t["dim"], k, b1, cooperative, comp["tell"] - comp["weighted_sum"])
+    parts = {
+        "ask": t["ask_per_member"] * m,
+        "update": upd["total"],
+        "allgatherv": dp.allgather_model(pop * row_bytes, p, net["alpha"], net["beta"]),
+        "obs_norm": comp["obs_norm"] * (pop / dp.POPULATION) * (t["obs_dim"] / 348),
+        "check": (comp["sha256"] * t["dim"] / 159_505 + dp.allgather_model(32 * p, p, net["alpha"], net["beta"])) / dp.CHECK_EVERY,
+        "stop_flag": dp.allreduce_model(p, net["alpha"]),
+        "checkpoint": comp["checkpoint"] / dp.CHECKPOINT_EVERY,
+        "log": comp["log_append"],
+    }
+    non = sum(parts.values())
+    return {"P": p, "members_per_rank": m, "population": pop, "rollout_s": rollout, "parts_s": parts,
+            "update_parts_s": upd, "non_rollout_s": non, "share": non / (rollout + non),
+            "limit": max(parts, key=parts.get)}
+
+
+def main() -> int:
+    dpj, scj, bw = load("design_point"), load("scaling"), load("bandwidth")
+    machine = common.machine_info()
+    comp = dpj["components"]["cpu"]
+    b1 = bw["per_stream_bytes_per_s"]["1"]
+    k = measure_kernels()
+    print(f"weighted_sum here: {k['weighted_sum_per_direction_s'] * 1e6:.2f} us per direction + "
+          f"{1 / k['weighted_sum_per_byte_s'] / 1e9:.1f} GB/s; one stream measured by bandwidth.json at {b1 / 1e9:.1f} GB/s "
+          f"(2 streams here: x{bw['slowdown_2_streams']:.2f}); node assumed {NODE_BW / 1e9:.0f} GB/s for "
+          f"{RANKS_PER_NODE} ranks = {NODE_BW / RANKS_PER_NODE / 1e9:.2f} GB/s per rank when all stream")
+    ts = tasks(dpj, scj)
+    result = {"benchmark": "cost_model", "command": "python benchmarks/cost_model.py", "machine": machine,
+              "assumptions": {"node_bytes_per_s": NODE_BW, "ranks_per_node": RANKS_PER_NODE,
+                              "one_stream_bytes_per_s": b1, "networks": dp.NETWORKS},
+              "kernels": k, "design_point": {}, "scale_out": {}, "largest_P": {}}
+
+    # the design point: Humanoid 256-256, population 1,024, 64 ranks (one node), upright rollouts
+    hum = ts["Humanoid-v5 256-256"]
+    for coop in (False, True):
+        for net in ("ib", "10gbe"):
+            g = generation(dp.RANKS, dp.MEMBERS, hum, k, comp, b1, dp.NETWORKS[net], coop)
+            result["design_point"][f"{'cooperative' if coop else 'replicated'}_{net}"] = g
+    print("\ndesign point (Humanoid 256-256, pop 1,024, 64 ranks on one node), non-rollout share with contention:")
+    for key, g in result["design_point"].items():
+        print(f"  {key:18s} update {g['parts_s']['update'] * 1e3:6.1f} ms, all non-rollout {g['non_rollout_s'] * 1e3:6.1f} ms"
+              f" vs rollout {g['rollout_s']:.2f} s: {g['share']:.2%}")
+    alone = comp["tell"]
+    print(f"  (the update alone on one idle core: {alone * 1e3:.1f} ms)")
+
+    print("\nscale-out: non-rollout share of a generation, 64 ranks per node, population = members x P")
+    for name, t in ts.items():
+        for coop in (False, True):
+            for net in ("ib", "10gbe"):
+                key = f"{name} | {'cooperative' if coop else 'replicated'} | {net}"
+                rows = [generation(p, m, t, k, comp, b1, dp.NETWORKS[net], coop)
+                        for m in MEMBERS_PER_RANK for p in RANK_COUNTS]
+                result["scale_out"][key] = rows
+                best = {}
+                for m in MEMBERS_PER_RANK:
+                    mine = [r for r in rows if r["members_per_rank"] == m]
+                    for target in (0.02, 0.05):
+                        ok = [r["P"] for r in mine if r["share"] <= target]
+                        over = next((r for r in mine if r["share"] > target), None)
+                        best[f"m{m}_{int(target * 100)}pct"] = {"largest_P": max(ok) if ok else None,
+                                                               "limit_beyond": over["limit"] if over else None}
+                result["largest_P"][key] = best
+                line = " ".join(f"m={m}: " + "/".join(f"{r['share']:.1%}" for r in rows if r["members_per_rank"] == m)
+                                for m in MEMBERS_PER_RANK)
+                print(f"  {key}\n    P = {'/'.join(map(str, RANK_COUNTS))}\n    {line}")
+                print("    largest P with <= 2 % / <= 5 %: " + ", ".join(
+                    f"m={m}: {best[f'm{m}_2pct']['largest_P']} / {best[f'm{m}_5pct']['largest_P']} "
+                    f"(then {best[f'm{m}_2pct']['limit_beyond']})" for m in MEMBERS_PER_RANK))
+    goal = next(r for r in result["scale_out"]["Humanoid-v5 256-256 | cooperative | ib"]
+                if r["P"] == 1024 and r["members_per_rank"] == 4)
+    result["goal_1024_ranks_pop_4096_humanoid_ib_cooperative"] = goal
+    print(f"\ngoal (1,024 ranks, population 4,096, Humanoid 256-256, IB, cooperative update): {goal['share']:.2%} "
+          f"(largest part: {goal['limit']} {goal['parts_s'][goal['limit']] * 1e3:.1f} ms)")
+    common.write_result("cost_model", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Separable NES (Schaul et al. 2011; Wierstra et al., JMLR 2014, Algorithm 6).
+
+Search distribution N(mean, diag(sigma^2)) with members mean + sigma * s_k and, per
+member, the utility u_k (the paper's NES utilities by default). The natural gradients
+
+    g_mean  = sum_k u_k s_k                 g_sigma = sum_k u_k (s_k^2 - 1)
+
+give  mean <- mean + eta_mean * sigma * g_mean  (the optimizer: `gd` with lr eta_mean = 1
+is the paper's update) and  sigma <- sigma * exp(eta_sigma / 2 * g_sigma)  with
+eta_sigma = (3 + ln d) / (5 sqrt d) unless set. A mirrored pair +-s_k adds its two
+utilities' difference to g_mean and their sum to g_sigma.
+State: mean, sigma (per parameter) and the optimizer's state.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..shaping import nes_utilities, replace_nonfinite
+from .base import GaussianStrategy, Shaping, State, UpdateInfo, step_mean
+
+
+def default_sigma_lr(dim: int) -> float:
+    return (3 + math.log(dim)) / (5 * math.sqrt(dim))
+
+
+@dataclass(frozen=True)
+class SNES(GaussianStrategy):
+    sigma_lr: float = 0.0  # 0: the paper's (3 + ln d) / (5 sqrt d)
+    shaping: Shaping = nes_utilities
+    name = "snes"
+    adapts_sigma = True
+
+    @property
+    def eta_sigma(self) -> float:
+        return self.sigma_lr or default_sigma_lr(self.sampling.dim)
+
+    def tell(self, state: State, generation: int, fitness: np.ndarray) -> tuple[State, UpdateInfo]:
+        fitness, n_failed = replace_nonfinite(fitness)
+        utilities = self.shaping(fitness)
+        if not np.any(utilities):
+            return self.no_step(state, n_failed)
+        g_mu, g_sig = self.variance_sums(generation, utilities)
+        sigma = state["sigma"]
+        changed, grad_norm, step_norm = step_mean(self.optimizer, state, sigma * g_mu, self.weight_decay)
+        new_sigma = (sigma * np.exp(0.5 * self.eta_sigma * g_sig)).astype(np.float32)
+        info = UpdateInfo(grad_norm, n_failed, step_norm, float(new_sigma.mean()))
+        return {**state, **changed, "sigma": new_sigma}, info
