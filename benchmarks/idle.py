@@ -46,7 +46,7 @@ def member_steps(env: str, population: int, checkpoint: Path | None, generation:
     from nes_mpi.rollout import episode_seed, rollout
     from nes_mpi.strategies import make_strategy
 
-    state = ckpt.load(checkpoint) if checkpoint else None
+    state = ckpt.load(checkpoint, legacy=True) if checkpoint else None  # read-only: schema 1 and 2 too
     cfg = Config.from_dict(state.config) if state else Config(env=env, population=population)
     handles = [make_env(cfg.env, cfg.env_kwargs, cfg.max_episode_steps) for _ in range(population)]
     spec = spec_for(handles[0].outer, cfg.policy, cfg.hidden_sizes, cfg.activation)
@@ -88,7 +88,8 @@ def main() -> int:
         for name, t in tasks.items():
             if t["checkpoint"]:
                 start = common_generation(t["checkpoint"])
-                args = ["--resume", str(t["checkpoint"]), "--generations", str(start + t["generations"]),
+                # --force: the committed checkpoint is schema 1, resumed only with it (README, checkpoint format)
+                args = ["--resume", str(t["checkpoint"]), "--force", "--generations", str(start + t["generations"]),
                         "--eval-every", "0"]
             else:
                 start = 0
@@ -117,7 +118,7 @@ def main() -> int:
 def common_generation(path: Path) -> int:
     from nes_mpi import checkpoint as ckpt
 
-    return int(ckpt.load(path).generation)
+    return int(ckpt.load(path, legacy=True).generation)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="train a policy (default)",
         description="Train a policy with NES. With no options it trains the default MuJoCo task.",
-        epilog="other subcommands: info CKPT [--json] | eval CKPT [--episodes N] [--render out.mp4] | "
+        epilog="other subcommands: info CKPT [--json] | eval CKPT [--episodes N] [--env ENV] [--render out.mp4] | "
                "plot RUN_DIR [...] -o curves.png | export CKPT -o policy.pt|policy.onnx | status RUN_DIR. "
                "Exit codes: 0 done, 2 bad input, 75 stopped by a signal "
                "after writing a checkpoint (submit again with --resume auto), 1 error.")
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "starting fresh when there is none")
     train.add_argument("--force", action="store_true",
                        help="allow changing settings that alter the run (env, policy, population, seed, ...) on resume")
+    train.add_argument("--rewind", action="store_true",
+                       help="with --resume PATH of an older checkpoint of --run-dir: move the later checkpoints and "
+                            "log.csv into RUN_DIR/rewound-<time>/ and continue from PATH (nothing is deleted)")
     add_config_arguments(train)
 
     info = sub.add_parser("info", help="show what a checkpoint holds")
@@ -59,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint's policy")
     ev.add_argument("checkpoint")
+    ev.add_argument("--env", help="the environment to run; required when the checkpoint's is a 'module:...' entry "
+                                  "point, since opening a checkpoint never imports code it names")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
     ev.add_argument("--render", metavar="OUT.mp4|OUT.gif", help="write a video rendered offscreen (MUJOCO_GL=egl)")

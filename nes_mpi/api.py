@@ -44,13 +44,14 @@ class TrainSummary:
 
 
 def train(config: Config | dict | str | os.PathLike | None = None, comm=None, *, resume: str | None = None,
-          force: bool = False, stop=None, **options: Any) -> TrainSummary:
+          force: bool = False, rewind: bool = False, stop=None, **options: Any) -> TrainSummary:
     """Train as `python -m nes_mpi train` would, on every rank of `comm` (default MPI.COMM_WORLD).
 
     config: a Config, a dict of Config fields, a TOML path or preset name, or None (defaults);
     options: Config fields that override it (`generations=50`). resume: a checkpoint path or
     "auto" (newest good checkpoint in the run directory, fresh start if none); force: allow
-    run-altering changes on resume. stop: a `signals.StopRequest` the caller installed; by
+    run-altering changes on resume; rewind: resume an older checkpoint of the run directory,
+    moving the later ones aside (README, "Forks"). stop: a `signals.StopRequest` the caller installed; by
     default SIGTERM/SIGINT/SIGUSR1 are handled during the call (checkpoint, then return with
     `stopped=True`) and the previous handlers are put back afterwards.
     """
@@ -63,14 +64,17 @@ def train(config: Config | dict | str | os.PathLike | None = None, comm=None, *,
     try:
         from mpi4py import MPI
 
-        return _train(config, options, MPI.COMM_WORLD if comm is None else comm, resume, force, stop)
+        return _train(config, options, MPI.COMM_WORLD if comm is None else comm, resume, force, rewind, stop)
     finally:
+        from .run_lock import release_all
+
+        release_all()  # the run directory is free again when train returns (or raises)
         if previous is not None:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
 
-def _train(config, options: dict, comm, resume, force, stop) -> TrainSummary:
+def _train(config, options: dict, comm, resume, force, rewind, stop) -> TrainSummary:
     from mpi4py import MPI
 
     from .comm import DivergedError, abort, slurm_world_mismatch
@@ -85,7 +89,7 @@ def _train(config, options: dict, comm, resume, force, stop) -> TrainSummary:
         return merge_options(config_overrides(config), {k.replace("-", "_"): v for k, v in options.items()})
 
     over = agree(comm, overrides)
-    setup: Setup = agree(comm, lambda: resolve_config(comm, over, resume, force))
+    setup: Setup = agree(comm, lambda: resolve_config(comm, over, resume, force, rewind))
     if setup.state is None and resume == "auto":
         say(comm, f"nes_mpi: no checkpoint in {setup.cfg.run_dir}: starting a new run")
     trainer: Trainer = agree(comm, lambda: Trainer(comm, setup))
@@ -97,11 +101,11 @@ def _train(config, options: dict, comm, resume, force, stop) -> TrainSummary:
         trainer.close_envs()  # not close(): freeing the shared noise is collective, and setup failed somewhere
         raise
     from .signals import EXIT_INTERRUPTED
-    from .trainer import StopFailed
+    from .trainer import StopFailed, SystematicFailure
 
     try:
         code = trainer.run(stop)
-    except (DivergedError, StopFailed) as e:  # raised identically on every rank: nobody is left waiting
+    except (DivergedError, StopFailed, SystematicFailure) as e:  # raised identically on every rank: nobody is left waiting
         if isinstance(e, DivergedError):
             _record_failure(trainer, EXIT_ERROR, str(e))
         trainer.close()

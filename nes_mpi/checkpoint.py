@@ -1,9 +1,9 @@
 """HDF5 checkpoints: the complete state of a run, written atomically.
 
-Schema (version 2) -- see README "Checkpoint format":
+Schema (version 3) -- see README "Checkpoint format":
   /            attrs  format, schema_version, env_id, generation, timesteps, episodes, wall_seconds,
                       eval_return, best_eval_return, params_sha256, config (JSON), policy (JSON),
-                      versions (JSON), created, hostname, n_ranks
+                      versions (JSON), created, hostname, n_ranks, content_sha256
   /params      float32 (num_params,)    the mean of the search distribution
   /strategy    attrs name; one dataset per entry of the strategy's state other than the mean
                (opt_t, opt_m, opt_v: the optimizer; sigma: snes/pgpe per-parameter sigma)
@@ -11,8 +11,16 @@ Schema (version 2) -- see README "Checkpoint format":
   /noise       attrs seed, table_size, dtype, chunk, generator
   /history     one 1-D dataset per logged column, one entry per logged generation
 
-Version 1 files (before strategies: /optimizer with attrs name, t and datasets m, v) are
-read as the openai strategy, their optimizer state becoming opt_t, opt_m, opt_v.
+`content_sha256` covers every group, dataset and attribute in the file (but itself), walked in
+a canonical order, so whatever a later version adds is verified without code changes here.
+Files are opened with HDF5 file locking off: Lustre and NFS often lack flock, and the
+run-directory lock (run_lock.py) already gives one writer per run.
+
+Older versions are read by `load(..., legacy=True)` (eval, info, status, load_policy; train
+with --force): their checksum covers only the parameters.
+  version 1: /optimizer (attrs name, t; datasets m, v) instead of /strategy, read as the openai
+             strategy, its optimizer state becoming opt_t, opt_m, opt_v
+  version 2: the /strategy layout above without content_sha256
 """
 from __future__ import annotations
 
@@ -32,8 +40,10 @@ import numpy as np
 from . import noise
 
 FORMAT = "nes_mpi-checkpoint"
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+LEGACY_VERSIONS = (1, 2)  # no content checksum: only their parameters are verified
+READABLE_VERSIONS = (*LEGACY_VERSIONS, SCHEMA_VERSION)
+CONTENT_SHA = "content_sha256"
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.h5$")
 
 
@@ -63,6 +73,43 @@ class TrainState:
 
 def params_sha256(params: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(params, dtype=np.float32).tobytes()).hexdigest()
+
+
+def content_sha256(f: h5py.File) -> str:
+    """A sha256 of every object in an open checkpoint: names, attributes, dtypes, shapes and bytes.
+
+    Objects are visited in sorted path order and attributes in sorted name order; the root's
+    `content_sha256` attribute is left out, being the result.
+    """
+    h = hashlib.sha256()
+
+    def feed(tag: str, value) -> None:
+        arr = np.asarray(value)
+        if arr.dtype.kind in "OSU":  # strings (h5py gives str or bytes): hash their UTF-8
+            data = json.dumps(arr.tolist(), sort_keys=True, default=str).encode()
+            kind = "str"
+        else:
+            data = np.ascontiguousarray(arr).tobytes()
+            kind = arr.dtype.str
+        h.update(f"{tag}|{kind}|{arr.shape}|{len(data)}|".encode())
+        h.update(data)
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset):
+            feed(f"dataset:{name}", obj[()])
+        else:
+            h.update(f"group:{name}|".encode())
+        for key in sorted(obj.attrs):
+            if name == "/" and key == CONTENT_SHA:
+                continue
+            feed(f"attr:{name}@{key}", obj.attrs[key])
+
+    names = []
+    f.visit(names.append)
+    visit("/", f)
+    for name in sorted(names):
+        visit(name, f[name])
+    return h.hexdigest()
 
 
 def library_versions() -> dict:
@@ -119,7 +166,7 @@ def save(state: TrainState, path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     cfg = state.config
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", locking=False) as f:
             a = f.attrs
             a["format"] = FORMAT
             a["schema_version"] = SCHEMA_VERSION
@@ -154,6 +201,7 @@ def save(state: TrainState, path) -> Path:
             g = f.create_group("history")
             for k, v in state.history.items():
                 g.create_dataset(k, data=np.asarray(v))
+            f.attrs[CONTENT_SHA] = content_sha256(f)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -164,8 +212,11 @@ def save(state: TrainState, path) -> Path:
     return path
 
 
-def load(path, verify: bool = True) -> TrainState:
-    """Read a checkpoint; any problem becomes a CheckpointError with a one-line reason."""
+def load(path, verify: bool = True, legacy: bool = False) -> TrainState:
+    """Read a checkpoint; any problem becomes a CheckpointError with a one-line reason.
+
+    `legacy` also reads schema versions 1 and 2, whose checksum covers only the parameters.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -184,6 +235,11 @@ def load(path, verify: bool = True) -> TrainState:
             if version not in READABLE_VERSIONS:
                 raise CheckpointError(f"{path} has checkpoint schema version {version}; this nes_mpi reads versions "
                                       f"{', '.join(map(str, READABLE_VERSIONS))}")
+            if version in LEGACY_VERSIONS and not legacy:
+                raise CheckpointError(f"{path} has checkpoint schema version {version}, whose checksum covers only the "
+                                      "parameters; eval, info and status read it, and train resumes it with --force")
+            if verify and (version == SCHEMA_VERSION or CONTENT_SHA in a) and content_sha256(f) != str(a.get(CONTENT_SHA, "")):
+                raise CheckpointError(f"{path} failed its checksum: the stored contents are corrupted")
             params = f["params"][()]
             state = TrainState(
                 params=params,
@@ -200,7 +256,7 @@ def load(path, verify: bool = True) -> TrainState:
             stored_sha = str(a["params_sha256"])
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path} is damaged or incomplete ({_short(e)})") from None
     if verify and params_sha256(state.params) != stored_sha:
         raise CheckpointError(f"{path} failed its checksum: the stored parameters are corrupted")
@@ -208,7 +264,7 @@ def load(path, verify: bool = True) -> TrainState:
 
 
 def _strategy_state(f: h5py.File, version: int) -> dict:
-    if version == 1:  # the openai strategy's optimizer, stored as /optimizer with t an attribute
+    if "strategy" not in f and "optimizer" in f:  # version 1: the openai strategy's optimizer, t an attribute
         g = f["optimizer"]
         return {"opt_t": np.int64(g.attrs["t"]), **{f"opt_{k}": g[k][()] for k in g}}
     return {k: f["strategy"][k][()] for k in f["strategy"]}
@@ -231,16 +287,20 @@ def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def latest_good(run_dir) -> tuple[Path | None, list[str]]:
-    """The newest checkpoint that loads and passes its checksum, and the reasons others were skipped."""
+def newest_good(run_dir, legacy: bool = False) -> tuple[Path | None, TrainState | None, list[str]]:
+    """The newest checkpoint that loads and passes its checksums, its state, and why newer ones were skipped."""
     skipped = []
     for _, p in list_checkpoints(run_dir):
         try:
-            load(p)
-            return p, skipped
+            return p, load(p, legacy=legacy), skipped
         except CheckpointError as e:
             skipped.append(str(e))
-    return None, skipped
+    return None, None, skipped
+
+
+def latest_good(run_dir, legacy: bool = False) -> tuple[Path | None, list[str]]:
+    path, _, skipped = newest_good(run_dir, legacy)
+    return path, skipped
 
 
 def prune(run_dir, keep: int) -> None:

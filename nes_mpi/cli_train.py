@@ -35,19 +35,20 @@ def _run(args, stop) -> int:
 
     from .api import TrainingError, train
     from .comm import DivergedError
-    from .trainer import StopFailed
+    from .trainer import StopFailed, SystematicFailure
 
     comm = MPI.COMM_WORLD
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "force")}
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume", "force", "rewind")}
     try:
-        summary = train(args.config, comm, resume=args.resume, force=args.force, stop=stop, **options)
+        summary = train(args.config, comm, resume=args.resume, force=args.force, rewind=args.rewind, stop=stop,
+                        **options)
     except (ConfigError, CheckpointError) as e:
         return _fail(comm, e, EXIT_BAD_INPUT)
     except TrainingError as e:
         if e.__cause__ is not None:  # this rank is where setup failed: show where
             traceback.print_exception(e.__cause__)
         return _fail(comm, e, EXIT_ERROR)
-    except (DivergedError, StopFailed) as e:
+    except (DivergedError, StopFailed, SystematicFailure) as e:
         return _fail(comm, e, EXIT_ERROR)
     return EXIT_PREEMPTED if summary.stopped else EXIT_OK
 

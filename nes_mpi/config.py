@@ -81,6 +81,9 @@ class Config:
     keep_checkpoints: int = _f(3, "checkpoints kept besides best.h5")
     check_every: int = _f(5, "compare a hash of the parameters across ranks every N generations")
     tensorboard: bool = _f(False, "also write the log's scalars for TensorBoard to RUN_DIR/tb (needs the tensorboard extra)")
+    # failures
+    fail_fraction: float = _f(0.5, "a generation fails when this fraction of its members failed, or every member of a rank")
+    fail_generations: int = _f(3, "stop with an error after N failed generations in a row (0: never)")
 
     def __post_init__(self):
         if self.env_kwargs is None:
@@ -119,6 +122,8 @@ class Config:
         need(self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1 (got {self.keep_checkpoints})")
         need(0 < self.top_directions <= 1, f"--top-directions must be in (0, 1] (got {self.top_directions})")
         need(self.top_directions == 1 or self.antithetic, "--top-directions below 1 needs antithetic pairs")
+        need(0 < self.fail_fraction <= 1, f"--fail-fraction must be in (0, 1] (got {self.fail_fraction})")
+        need(self.fail_generations >= 0, f"--fail-generations must be >= 0 (got {self.fail_generations})")
         need(self.obs_clip > 0, f"--obs-clip must be > 0 (got {self.obs_clip})")
         need(self.noise_table_size >= 1 << 16, "--noise-table-size must be at least 65536")
         need(self.policy in POLICIES, f"--policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")
@@ -159,7 +164,8 @@ class Config:
 
 # Fields that may change when resuming without altering what the run computes.
 SAFE_ON_RESUME = {"generations", "timesteps", "eval_every", "eval_episodes", "log_every", "run_dir",
-                  "checkpoint_every", "keep_checkpoints", "check_every", "tensorboard"}
+                  "checkpoint_every", "keep_checkpoints", "check_every", "tensorboard",
+                  "fail_fraction", "fail_generations"}
 
 
 def _toml_value(v) -> str:

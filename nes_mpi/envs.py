@@ -65,7 +65,13 @@ def _from_entry(spec: str, kwargs: dict, render_mode):
         raise ConfigError(f"module {module_name!r} has no attribute {attr!r}")
     if render_mode is not None:
         kwargs = {**kwargs, "render_mode": render_mode}
-    env = factory(**kwargs)
+    if not callable(factory):
+        raise ConfigError(f"{spec} is not a class or function that makes an environment")
+    try:
+        env = factory(**kwargs)
+    except TypeError as e:  # it does not take these arguments (e.g. os:system): bad input, not a crash
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"{spec}(**env_kwargs) failed: {type(e).__name__}: {first}") from None
     if not isinstance(env, gym.Env):
         raise ConfigError(f"{spec} did not return a gymnasium.Env (got {type(env).__name__})")
     return env

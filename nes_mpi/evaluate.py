@@ -43,11 +43,12 @@ def run_eval(args) -> int:
     if video is not None:
         _offscreen_environment()
     try:
-        state = load(args.checkpoint)
+        state = load(args.checkpoint, legacy=True)
     except CheckpointError as e:
         raise ConfigError(str(e)) from None
 
-    runner = PolicyRunner(state, args.checkpoint, render_mode="rgb_array" if video is not None else None)
+    runner = PolicyRunner(state, args.checkpoint, render_mode="rgb_array" if video is not None else None,
+                          env=args.env)
     recorder = None
     try:
         if video is not None:
@@ -68,17 +69,22 @@ class PolicyRunner:
     """A checkpoint's mean policy, its env and its observation normalisation, as training had them.
 
     `episode(seed)` plays one episode through rollout(), the training code path, one member wide.
+    A checkpoint is data: its own environment is used only when that is a registered gymnasium id;
+    a 'module:...' entry point (code to import) must come from the caller as `env`.
     """
 
-    def __init__(self, state, source="checkpoint", render_mode=None):
+    def __init__(self, state, source="checkpoint", render_mode=None, env: str | None = None):
         from .envs import make_env
         from .policy import BatchPolicy, spec_for
         from .trained_policy import policy_from_state
 
         cfg = state.config
-        self.env_id = env_id = cfg.get("env")
+        self.env_id = env_id = env or cfg.get("env")
         if not env_id:
             raise ConfigError(f"{source} does not name its environment")
+        if env is None and ":" in env_id:
+            raise ConfigError(f"{source} names the environment {env_id!r}, code that nes_mpi imports only when you "
+                              f"name it yourself: pass --env {env_id}")
         trained = policy_from_state(state, source)
         spec, params = trained.spec, trained.params
         self.obs_mean, self.obs_std, self.obs_clip = trained.obs_mean, trained.obs_std, trained.obs_clip

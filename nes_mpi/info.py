@@ -9,7 +9,7 @@ from .config import ConfigError
 
 
 def checkpoint_summary(path) -> dict:
-    s = load(path)
+    s = load(path, legacy=True)
     cfg = s.config
 
     def num(x):

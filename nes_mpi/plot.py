@@ -159,7 +159,7 @@ def read_config(d: Path) -> dict:
 
     for _, p in ckpt.list_checkpoints(d):
         try:
-            return ckpt.load(p, verify=False).config
+            return ckpt.load(p, verify=False, legacy=True).config
         except ckpt.CheckpointError:
             continue
     return {}

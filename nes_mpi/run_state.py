@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .checkpoint import latest_good, load
+from .checkpoint import newest_good
 from .config import ConfigError
 
 EXIT_FINISHED, EXIT_UNFINISHED, EXIT_NO_CHECKPOINT = 0, 3, 4
@@ -24,11 +24,10 @@ def run_state(run_dir, generations: int | None = None, timesteps: int | None = N
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a directory")
-    path, _ = latest_good(run_dir)
+    path, s, _ = newest_good(run_dir, legacy=True)  # read as data: schema 1 and 2 files too
     if path is None:
         return {"state": "no-checkpoint", "generation": None, "generations": generations, "timesteps": None,
                 "timesteps_budget": timesteps, "checkpoint": None}
-    s = load(path)
     budget = int(s.config.get("generations", 0)) if generations is None else generations
     steps_budget = int(s.config.get("timesteps", 0)) if timesteps is None else timesteps
     done = s.generation >= budget or (steps_budget > 0 and s.timesteps >= steps_budget)

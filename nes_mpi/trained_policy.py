@@ -75,7 +75,7 @@ def load_policy(path: str | Path, env=None) -> TrainedPolicy:
 
     Raises CheckpointError for an unusable file, ConfigError for a policy that does not fit `env`.
     """
-    policy = policy_from_state(load(path), str(path))
+    policy = policy_from_state(load(path, legacy=True), str(path))  # read-only use: schema 1 and 2 files too
     if env is not None:
         policy.check_env(env)
     return policy

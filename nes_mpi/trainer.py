@@ -24,9 +24,11 @@ from .checkpoint import TrainState
 from .comm import SharedNoise, StopChannel, check_identical, gather_rows, member_range
 from .config import SAFE_ON_RESUME, Config, ConfigError, strategy_options
 from .envs import make_env
+from .fault_policy import FailureWatch
 from .obs_norm import ObsNorm
 from .policy import BatchPolicy, PolicySpec, initial_params, spec_for
 from .rollout import RolloutResult, episode_seed, obs_count, rollout
+from .run_lock import RunDirBusy, RunLock
 from .runlog import RunLog, console_line
 from .signals import EXIT_PREEMPTED, StopRequest
 from .status import write_status
@@ -42,6 +44,10 @@ class StopFailed(RuntimeError):
 
 class GenerationAbandoned(Exception):
     """Every rank agreed to stop during a generation: its partial work is dropped, the state at its start kept."""
+
+
+class SystematicFailure(RuntimeError):
+    """Raised on every rank when members kept failing (fault_policy); the last good state was checkpointed."""
 
 
 def say(comm, *args, file=None):
@@ -117,32 +123,117 @@ class Setup:
     resumed_from: Path | None
 
 
-def resolve_config(comm, overrides: dict, resume: str | None, force: bool) -> Setup:
+def on_root(comm, fn):
+    """Run `fn` on rank 0 only and hand every rank its result, or raise its error on every rank.
+
+    Rank 0 alone touches the run directory and reads checkpoints (no open storm on a parallel
+    filesystem); the other ranks get the outcome by broadcast and never block on a failed rank 0.
+    """
+    outcome = None
+    if comm.rank == 0:
+        try:
+            outcome = (True, fn())
+        except BaseException as e:  # KeyboardInterrupt too: the other ranks must not wait for ever
+            comm.bcast((False, e if isinstance(e, (ConfigError, ckpt.CheckpointError)) else None), root=0)
+            raise
+    else:
+        outcome = comm.bcast(None, root=0)
+    if comm.rank == 0:
+        comm.bcast(outcome, root=0)
+    ok, value = outcome
+    if not ok:
+        raise value if value is not None else ConfigError("rank 0 failed (see its error)")
+    return value
+
+
+def _claim_and_read(run_dir: Path, resume: str | None, legacy: bool, explicit: bool) -> tuple[Path | None, TrainState | None]:
+    """Rank 0: lock the run directory for this job, then find and read the checkpoint to resume.
+
+    With --resume PATH and no --run-dir the run continues in the directory stored in PATH: lock that one.
+    """
+    if resume and resume != "auto":
+        state = ckpt.load(resume, legacy=legacy)
+        if not explicit:
+            run_dir = Path(Config.from_dict(state.config).run_dir)
+        _claim(run_dir)
+        return Path(resume), state
+    _claim(run_dir)
+    if resume == "auto":
+        path, state, skipped = ckpt.newest_good(run_dir, legacy)
+        if path is None and skipped:  # never start afresh over a run's checkpoints
+            raise ConfigError(f"none of the {len(skipped)} checkpoint(s) in {run_dir} can be resumed (newest: {skipped[0]})")
+        for why in skipped:
+            print(f"nes_mpi: warning: skipping {why}", file=sys.stderr, flush=True)
+        return path, state
+    if ckpt.list_checkpoints(run_dir):
+        raise ConfigError(f"run directory {run_dir} already holds checkpoints: pass --resume auto to continue it, "
+                          "or choose another --run-dir")
+    return None, None
+
+
+def _claim(run_dir: Path) -> None:
+    """Take the run directory for this job (the lock lives until the process exits)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} exists and is not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir)
+        notes = lock.acquire()
+    except RunDirBusy as e:
+        raise ConfigError(str(e)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot use run directory {run_dir}: {e.strerror or e}") from None
+    for note in notes:
+        print(f"nes_mpi: warning: {note}", file=sys.stderr, flush=True)
+
+
+def _later_checkpoints(run_dir: Path, path: Path, generation: int) -> list[Path]:
+    """Good checkpoints in run_dir past `generation`: resuming `path` there would fork the run.
+
+    Corrupt ones do not count: --resume auto skips them anyway, and the resumed run overwrites them.
+    """
+    def later_than_path(p: Path) -> bool:
+        try:
+            return p.resolve() != path.resolve() and ckpt.load(p, legacy=True).generation > generation
+        except ckpt.CheckpointError:
+            return False
+
+    later = [p for g, p in ckpt.list_checkpoints(run_dir) if g > generation and later_than_path(p)]
+    best = ckpt.checkpoint_dir(run_dir) / "best.h5"
+    if later and best.exists() and later_than_path(best):
+        later.append(best)
+    return later
+
+
+def rewind(run_dir: Path, later: list[Path]) -> Path:
+    """Move the abandoned branch (later checkpoints and the log) into a dated subfolder; nothing is deleted."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    aside = run_dir / f"rewound-{stamp}"
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = run_dir / f"rewound-{stamp}-{n}"
+    aside.mkdir(parents=True)
+    for p in [*later, run_dir / "log.csv"]:
+        if p.exists():
+            os.replace(p, aside / p.name)
+    return aside
+
+
+def resolve_config(comm, overrides: dict, resume: str | None, force: bool, rewind_ok: bool = False) -> Setup:
     """Decide fresh vs resume and the effective config. Same answer on every rank."""
     given = overrides
     overrides = strategy_options(given)
     fresh_cfg = Config.from_dict(overrides)
     run_dir = Path(overrides.get("run_dir") or fresh_cfg.run_dir)
-    path = None
-    if resume:
-        if resume == "auto":
-            chosen = None
-            if comm.rank == 0:
-                chosen, skipped = ckpt.latest_good(run_dir)
-                for why in skipped:
-                    print(f"nes_mpi: warning: skipping {why}", file=sys.stderr, flush=True)
-                chosen = str(chosen) if chosen else None
-            chosen = comm.bcast(chosen, root=0)
-            path = Path(chosen) if chosen else None
-        else:
-            path = Path(resume)
-    elif ckpt.list_checkpoints(run_dir):
-        raise ConfigError(f"run directory {run_dir} already holds checkpoints: pass --resume auto to continue it, "
-                          "or choose another --run-dir")
+    explicit = bool(overrides.get("run_dir"))
+    path, state = on_root(comm, lambda: _claim_and_read(run_dir, resume, legacy=force, explicit=explicit))
     if path is None:
         return Setup(fresh_cfg.validate(), None, None)
-    state = ckpt.load(path)
     stored = Config.from_dict(state.config)
+    if ":" in stored.env and "env" not in overrides:
+        raise ConfigError(f"{path} names the environment {stored.env!r}, code that nes_mpi imports only when you name "
+                          f"it yourself: pass --env {stored.env} to resume it")
     overrides = strategy_options(given, stored.strategy)  # a preset's [snes] table applies to a resumed snes run
     cfg = Config.from_dict(overrides, base=stored)
     changed = [k for k in overrides if k not in SAFE_ON_RESUME and getattr(cfg, k) != getattr(stored, k)]
@@ -150,7 +241,23 @@ def resolve_config(comm, overrides: dict, resume: str | None, force: bool) -> Se
         desc = ", ".join(f"{k} {getattr(stored, k)!r} -> {getattr(cfg, k)!r}" for k in sorted(changed))
         raise ConfigError(f"cannot change {desc} when resuming {path} (the run would no longer be the same run); "
                           "pass --force to do it anyway")
-    return Setup(cfg.validate(), state, path)
+    cfg.validate()
+    target = Path(cfg.run_dir)
+
+    def check_fork():
+        later = _later_checkpoints(target, path, state.generation)
+        if later and not rewind_ok:
+            raise ConfigError(
+                f"{path} is generation {state.generation} but {target} holds later checkpoints "
+                f"({', '.join(p.name for p in later)}): resuming it would fork the run. Pass --rewind to move them and "
+                "log.csv aside into a dated subfolder of the run directory, or choose another --run-dir")
+        if later:
+            aside = rewind(target, later)
+            print(f"nes_mpi: rewound {target} to generation {state.generation}: moved {len(later)} later "
+                  f"checkpoint(s) and log.csv into {aside}", flush=True)
+
+    on_root(comm, check_fork)
+    return Setup(cfg, state, path)
 
 
 class Trainer:
@@ -171,7 +278,10 @@ class Trainer:
         self.handles = [first] + [make_env(cfg.env, cfg.env_kwargs, cfg.max_episode_steps) for _ in range(n_envs - 1)]
         self.envs = [h.env for h in self.handles]
         self.max_steps = first.max_steps
-        self.spec = spec_for(first.outer, cfg.policy, cfg.hidden_sizes, cfg.activation)
+        try:
+            self.spec = spec_for(first.outer, cfg.policy, cfg.hidden_sizes, cfg.activation)
+        except ValueError as e:
+            raise ConfigError(f"environment {cfg.env!r}: {e}") from None
         if self.state is not None and PolicySpec.from_dict(self.state.policy) != self.spec:
             raise ConfigError(f"the checkpoint's policy {self.state.policy} does not fit environment {cfg.env!r}")
         self.dim = self.spec.num_params
@@ -232,9 +342,10 @@ class Trainer:
         """The mean of the search distribution: the policy that is evaluated and saved as /params."""
         return self.sstate["mean"]
 
-    def state_bytes(self) -> np.ndarray:
+    def state_bytes(self, sstate: dict | None = None) -> np.ndarray:
         """The strategy's whole state (mean, sigma, optimizer moments) as one byte vector, for the cross-rank hash."""
-        return np.frombuffer(b"".join(np.ascontiguousarray(self.sstate[k]).tobytes() for k in sorted(self.sstate)),
+        sstate = self.sstate if sstate is None else sstate
+        return np.frombuffer(b"".join(np.ascontiguousarray(sstate[k]).tobytes() for k in sorted(sstate)),
                              dtype=np.uint8)
 
     def finished(self) -> bool:
@@ -259,7 +370,14 @@ class Trainer:
         if self.channel.agree():
             raise GenerationAbandoned
         every = gather_rows(self.comm, mine, cfg.eval_episodes)
-        return float(np.mean(every[:, 0])), float(np.std(every[:, 0])), int(every[:, 1].sum())
+        ok = every[np.isfinite(every[:, 0]), 0]
+        if ok.size < len(every):  # a failed episode must not turn the evaluation (and best.h5) into NaN
+            say(self.comm, f"nes_mpi: warning: generation {generation}: {len(every) - ok.size} of {len(every)} "
+                           f"evaluation episodes failed (non-finite); the eval return is the mean of the others",
+                file=sys.stderr)
+        if not ok.size:
+            return math.nan, math.nan, int(every[:, 1].sum())
+        return float(np.mean(ok)), float(np.std(ok)), int(every[:, 1].sum())
 
     def step(self) -> dict:
         cfg, g = self.cfg, self.generation
@@ -277,6 +395,7 @@ class Trainer:
             print(f"nes_mpi: rank {self.comm.rank}: generation {g} member {members[slot]}: {msg}", file=sys.stderr, flush=True)
         full = gather_rows(self.comm, pack_rows(res, t_roll), cfg.population)
         fitness, returns, steps = full[:, ROW_FITNESS], full[:, ROW_RETURN], full[:, ROW_STEPS]
+        self.last_failed = full[:, ROW_FAILED] > 0
         if cfg.obs_norm:
             self.obs_norm.update(*pooled_obs(full, self.spec.obs_dim))
         self.sstate, info = self.strategy.tell(self.sstate, g, fitness)
@@ -297,16 +416,27 @@ class Trainer:
         }
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def train_state(self) -> TrainState:
+    def train_state(self, history: bool = True) -> TrainState:
         return TrainState(
             params=self.theta, strategy={k: v for k, v in self.sstate.items() if k != "mean"},
             obs_norm=self.obs_norm.state_dict(),
             generation=self.generation, timesteps=self.timesteps, episodes=self.episodes,
             wall_seconds=self.wall_seconds, eval_return=self.eval_return, best_eval_return=self.best_eval_return,
-            config=self.cfg.to_dict(), policy=self.spec.to_dict(), history=self.log.history(), n_ranks=self.comm.size,
+            config=self.cfg.to_dict(), policy=self.spec.to_dict(), history=self.log.history() if history else {},
+            n_ranks=self.comm.size,
         )
 
+    def snapshot(self) -> tuple[TrainState, int]:
+        """A copy of the state that later generations cannot change (the last good state on a failure streak),
+        and how many history rows belong to it (the log only grows, so the rows are cut when it is saved)."""
+        s = self.train_state(history=False)
+        s.params = s.params.copy()
+        s.strategy = {k: np.copy(v) for k, v in s.strategy.items()}
+        s.obs_norm = {k: np.copy(v) for k, v in s.obs_norm.items()}
+        return s, len(self.log.rows["generation"])
+
     def save_checkpoint(self, best: bool = False) -> Path | None:
+        """Rank 0 writes (the other ranks only note the path); callers run the cross-rank hash check first."""
         self.last_checkpoint = ckpt.checkpoint_path(self.run_dir, self.generation)
         if self.comm.rank != 0:
             return None
@@ -318,6 +448,28 @@ class Trainer:
     def save_best(self) -> None:
         if self.comm.rank == 0:
             ckpt.save(self.train_state(), ckpt.checkpoint_dir(self.run_dir) / "best.h5")
+
+    def update_best(self, ev: float) -> None:
+        """Collective: best.h5 follows the best finite evaluation, the one at generation 0 included."""
+        if math.isfinite(ev) and ev > self.best_eval_return:
+            self.best_eval_return = ev
+            check_identical(self.comm, self.state_bytes(), self.generation)
+            self.save_best()
+
+    def stop_on_failures(self, snapshot: tuple[TrainState, int], cause: str) -> None:
+        """Collective, on a systematic failure: checkpoint the last good state (unpruned) and raise why."""
+        good, rows = snapshot
+        good.history = {c: v[:rows] for c, v in self.log.history().items()}
+        check_identical(self.comm, self.state_bytes({**good.strategy, "mean": good.params}), good.generation)
+        path = ckpt.checkpoint_path(self.run_dir, good.generation)
+        msg = (f"{cause}. The last good state (generation {good.generation}) is in {path}; "
+               f"fix the environment, then resume from it with --resume {path} --rewind")
+        if self.comm.rank == 0:
+            ckpt.save(good, path)
+            self.record_status("failed", EXIT_ERROR, cause, path)
+        self.channel.close()  # collective: no rank leaves before rank 0 has written the checkpoint
+        self.last_checkpoint = path
+        raise SystematicFailure(msg)
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, stop: StopRequest) -> int:
@@ -344,8 +496,13 @@ class Trainer:
                    "steps_per_s": ev_steps / dt, "wall_seconds": self.wall_seconds + dt}
             self.log.append(row)
             say(comm, console_line(row))
+            self.update_best(ev)
+        failures = FailureWatch(cfg.fail_fraction, cfg.fail_generations)
+        slices = [member_range(cfg.population, comm.size, r) for r in range(comm.size)]
+        good = None
         while not self.finished():
             t0 = time.perf_counter()
+            good = self.snapshot() if failures.streak == 0 else good
             evaluating = cfg.eval_every and (self.generation + 1) % cfg.eval_every == 0
             before = self._numerics() if evaluating else None
             try:
@@ -361,12 +518,17 @@ class Trainer:
                 if before is not None:
                     self._restore_numerics(before)
                 return self._stop(last_saved, t0)
+            cause = failures.observe(g, self.last_failed, slices)
+            if cause:
+                self.log.append(row)
+                self.stop_on_failures(good, cause)
             if self._inject_divergence == (comm.rank, g):  # fault injection for the tests, see __init__
                 entry = self.sstate[self._inject_entry].copy()
                 entry[0] += np.float32(0.01)
                 self.sstate = {**self.sstate, self._inject_entry: entry}
             done = self.finished()
-            if g % cfg.check_every == 0 or done:
+            writing = g % cfg.checkpoint_every == 0 or done
+            if g % cfg.check_every == 0 or writing:  # never write a state the ranks disagree on
                 check_identical(comm, self.state_bytes(), g)
             dt = time.perf_counter() - t0
             row.update(gen_seconds=dt, steps_per_s=steps / dt, wall_seconds=self.wall_seconds + dt)
@@ -374,15 +536,13 @@ class Trainer:
             self.log.append(row)
             if g % cfg.log_every == 0 or done:
                 say(comm, console_line(row))
-            improved = not math.isnan(row.get("eval_return", math.nan)) and row["eval_return"] > self.best_eval_return
-            if improved:
-                self.best_eval_return = row["eval_return"]
-                self.save_best()
-            if g % cfg.checkpoint_every == 0 or done:
+            self.update_best(row.get("eval_return", math.nan))
+            if writing:
                 self.save_checkpoint()
                 last_saved = g
         path = None
         if last_saved != self.generation:
+            check_identical(comm, self.state_bytes(), self.generation)
             path = self.save_checkpoint()
         self.channel.close()
         reason = "reached the last generation" if self.generation >= cfg.generations else "reached the timesteps budget"

@@ -248,7 +248,9 @@ def test_a_deliberate_second_ctrl_c_interrupts_at_once_with_a_failure_code(tmp_p
     """The second Ctrl-C 3 s after the first, while rank 0 is made to take 60 s over the stop: the job ends
     at once, with a code that is neither success nor 'checkpointed', and the checkpoints are intact.
     Sent to the ranks (a launcher that leaves them in the terminal's process group): they abort with 130.
-    Sent to MPICH's mpiexec (whose ranks run in their own sessions): mpiexec kills them itself."""
+    Sent to MPICH's mpiexec (whose ranks run in their own sessions): mpiexec kills them itself and picks
+    its own exit code (255, or now and then 0 after an internal assertion: 1 in ~5 here), so there the
+    test asserts what nes_mpi controls: the job ends at once and the run is not marked finished."""
     run = tmp_path / "run"
     gate = tmp_path / "gate"
     job = Job([*slow_generation(gate, 3), *BASE, "--checkpoint-every", "1", "--generations", "6", "--eval-every", "0",
@@ -267,7 +269,8 @@ def test_a_deliberate_second_ctrl_c_interrupts_at_once_with_a_failure_code(tmp_p
     t0 = time.time()
     rc, out, err = job.finish()
     assert time.time() - t0 < 30
-    assert rc not in (0, 75), (rc, out, err)
+    assert rc != 75, (rc, out, err)
+    assert status(run)["state"] != "finished"
     if via == "ranks":
         assert rc == 130 and "interrupted by a second Ctrl-C" in err, (rc, err)
         assert status(run)["state"] == "failed" and status(run)["exit_code"] == 130

@@ -67,7 +67,7 @@ def test_stopped_and_resumed_equals_straight(tmp_path, mpiexec, strategy):
     assert "resuming" in proc.stdout
     assert_bitwise_equal(full_state(last(straight)), full_state(last(split)))
     with h5py.File(last(split), "r") as f:
-        assert f.attrs["schema_version"] == 2 and f["strategy"].attrs["name"] == strategy
+        assert f.attrs["schema_version"] == ckpt.SCHEMA_VERSION and f["strategy"].attrs["name"] == strategy
 
 
 def read_log(run):
@@ -109,12 +109,19 @@ def test_version_1_checkpoint_reads_for_info_and_eval(tmp_path):
 
 
 def test_version_1_checkpoint_resumes_as_the_openai_strategy(tmp_path, mpiexec):
-    old = ckpt.load(V1_CARTPOLE)
+    """Only with --force (its checksum covers only the parameters: README, checkpoint format)."""
+    old = ckpt.load(V1_CARTPOLE, legacy=True)
     src = tmp_path / "v1.h5"
     shutil.copy(V1_CARTPOLE, src)
     run = tmp_path / "run"
     g = old.generation
-    nes("--resume", src, "--generations", g + 2, "--run-dir", run, "--eval-every", "0", ranks=2, check=True)
+    proc = nes("--resume", src, "--generations", g + 2, "--run-dir", run, "--eval-every", "0", ranks=2)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("nes_mpi: error")]
+    assert proc.returncode == 2 and len(lines) == 1 and "schema version 1" in lines[0] and "--force" in lines[0], \
+        proc.stderr
+    assert not ckpt.list_checkpoints(run)
+    nes("--resume", src, "--generations", g + 2, "--run-dir", run, "--eval-every", "0", "--force", ranks=2,
+        check=True)
     new = ckpt.load(last(run))
     assert new.generation == g + 2 and new.config["strategy"] == "openai"
     # the optimizer continues from the old moments: one step per generation that moved the mean (an all-tied
@@ -123,8 +130,9 @@ def test_version_1_checkpoint_resumes_as_the_openai_strategy(tmp_path, mpiexec):
     assert moved >= 1 and int(new.strategy["opt_t"]) == int(old.strategy["opt_t"]) + moved
     assert set(new.strategy) == {"opt_t", "opt_m", "opt_v"} and not np.array_equal(new.params, old.params)
     with h5py.File(last(run), "r") as f:
-        assert f.attrs["schema_version"] == 2 and "optimizer" not in f
-    assert np.array_equal(ckpt.load(src).params, old.params)  # the old file is untouched
+        assert f.attrs["schema_version"] == ckpt.SCHEMA_VERSION and "optimizer" not in f
+        assert ckpt.CONTENT_SHA in f.attrs
+    assert np.array_equal(ckpt.load(src, legacy=True).params, old.params)  # the old file is untouched
 
 
 def test_a_diverged_sigma_vector_is_caught_in_the_generation_it_happens(tmp_path, mpiexec):

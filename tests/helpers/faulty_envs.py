@@ -136,3 +136,20 @@ class SlowPointEnv(PointEnv):
         if self.slow and (not self.gate or os.path.exists(self.gate)):
             time.sleep(self.step_seconds)
         return super().step(action)
+
+
+class RaiseOnRank1(PointEnv):
+    """step() raises in every episode on MPI rank 1 only: a broken node, not an unlucky member."""
+
+    def step(self, action):
+        if int(os.environ.get("PMI_RANK", "0")) == 1:
+            raise RuntimeError("simulator library missing on this node")
+        return super().step(action)
+
+
+class DictObs(PointEnv):
+    """A Dict observation space, which the flat policies cannot take."""
+
+    def __init__(self):
+        super().__init__()
+        self.observation_space = spaces.Dict({"x": spaces.Box(-np.inf, np.inf, (3,), np.float32)})
