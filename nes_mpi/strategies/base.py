@@ -21,6 +21,7 @@ import numpy as np
 
 from ..noise import NoiseTable
 from ..optimizers import Optimizer
+from ..shaping import replace_nonfinite
 
 State = dict  # name -> np.ndarray
 Shaping = Callable[[np.ndarray], np.ndarray]
@@ -144,6 +145,15 @@ class GaussianStrategy:
         carries no information: the state stays as it is. Weight decay is skipped too, since Adam or ClipUp
         would turn the decay term alone into a full lr-sized step toward zero."""
         return state, UpdateInfo(0.0, n_failed, 0.0, float(np.mean(self.sigma_of(state))))
+
+    def shaped_sums(self, generation: int, fitness: np.ndarray):
+        """(g_mu, g_sig, n_failed) of `variance_sums` on the shaped, cleaned fitnesses; g_mu and g_sig are
+        None when every utility is zero (then `no_step`)."""
+        fitness, n_failed = replace_nonfinite(fitness)
+        utilities = self.shaping(fitness)
+        if not np.any(utilities):
+            return None, None, n_failed
+        return (*self.variance_sums(generation, utilities), n_failed)
 
     def variance_sums(self, generation: int, utilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """sum_k a_k eps_k and sum_k b_k (eps_k^2 - 1), with a_k, b_k the per-direction weights of the utilities."""

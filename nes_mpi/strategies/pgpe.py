@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..shaping import centered_ranks, replace_nonfinite
+from ..shaping import centered_ranks
 from .base import GaussianStrategy, Shaping, State, UpdateInfo, step_mean
 
 DEFAULT_SIGMA_LR = 0.1
@@ -38,11 +38,9 @@ class PGPE(GaussianStrategy):
             raise ValueError("sigma_max_change must be in (0, 1)")
 
     def tell(self, state: State, generation: int, fitness: np.ndarray) -> tuple[State, UpdateInfo]:
-        fitness, n_failed = replace_nonfinite(fitness)
-        utilities = self.shaping(fitness)
-        if not np.any(utilities):
+        g_mu, g_sig, n_failed = self.shaped_sums(generation, fitness)
+        if g_mu is None:
             return self.no_step(state, n_failed)
-        g_mu, g_sig = self.variance_sums(generation, utilities)
         sigma = state["sigma"].astype(np.float64)
         scale = sigma / (2 * self.sampling.n_directions)
         changed, grad_norm, step_norm = step_mean(self.optimizer, state, scale * g_mu, self.weight_decay)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..shaping import nes_utilities, replace_nonfinite
+from ..shaping import nes_utilities
 from .base import GaussianStrategy, Shaping, State, UpdateInfo, step_mean
 
 
@@ -38,11 +38,9 @@ class SNES(GaussianStrategy):
         return self.sigma_lr or default_sigma_lr(self.sampling.dim)
 
     def tell(self, state: State, generation: int, fitness: np.ndarray) -> tuple[State, UpdateInfo]:
-        fitness, n_failed = replace_nonfinite(fitness)
-        utilities = self.shaping(fitness)
-        if not np.any(utilities):
+        g_mu, g_sig, n_failed = self.shaped_sums(generation, fitness)
+        if g_mu is None:
             return self.no_step(state, n_failed)
-        g_mu, g_sig = self.variance_sums(generation, utilities)
         sigma = state["sigma"]
         changed, grad_norm, step_norm = step_mean(self.optimizer, state, sigma * g_mu, self.weight_decay)
         new_sigma = (sigma * np.exp(0.5 * self.eta_sigma * g_sig)).astype(np.float32)
