@@ -40,6 +40,24 @@ def info(ckpt) -> dict:
     return json.loads(proc.stdout)
 
 
+def newest_generation(run) -> int:
+    """The highest generation among the run's ckpt_*.h5 names (0 if none). Waiting for one named file races
+    checkpoint rotation: with generations of milliseconds, ckpt_000002.h5 can be written and rotated away
+    between two polls, and then never appears again."""
+    names = (Path(run) / "checkpoints").glob("ckpt_*.h5")
+    return max((int(p.stem.split("_")[1]) for p in names if p.stem.split("_")[1].isdigit()), default=0)
+
+
+def wait_for_generation(run, proc, generation: int, timeout: float = 180, poll: float = 0.05) -> None:
+    """Until the run has a checkpoint at `generation` or later; fail if `proc` ends first or time runs out."""
+    import time
+    t0 = time.monotonic()
+    while newest_generation(run) < generation:
+        assert proc.poll() is None, ("the run ended before generation", generation, proc.communicate())
+        assert time.monotonic() - t0 < timeout, f"no checkpoint at generation {generation} or later in {timeout} s"
+        time.sleep(poll)
+
+
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("nes_mpi: error")]
 

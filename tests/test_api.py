@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from conftest import MPIEXEC, child_env, info, nes
+from conftest import MPIEXEC, child_env, info, nes, wait_for_generation
 
 pytestmark = pytest.mark.mpi
 
@@ -148,11 +147,7 @@ def test_a_stop_signal_returns_stopped_instead_of_exiting(tmp_path, mpiexec):
     proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, str(script)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=child_env(), cwd=tmp_path, start_new_session=True)
     try:
-        t0 = time.time()
-        while not (run / "checkpoints" / "ckpt_000002.h5").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() - t0 < 120
-            time.sleep(0.05)
+        wait_for_generation(run, proc, 2)
         os.kill(int((tmp_path / "pids1").read_text()), signal.SIGUSR1)
         out, err = proc.communicate(timeout=120)
     finally:

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import MPIEXEC, child_env, error_lines, info, nes
+from conftest import MPIEXEC, child_env, error_lines, info, nes, wait_for_generation
 from nes_mpi import checkpoint as ckpt
 from nes_mpi.runlog import DETERMINISTIC
 
@@ -147,19 +147,11 @@ def _launch(args, ranks):
     return proc
 
 
-def _wait_for(path: Path, proc, timeout=120):
-    t0 = time.time()
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < timeout, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])
 def test_signal_on_one_rank_checkpoints_and_exits_75(tmp_path, mpiexec, straight_to, sig):
     run = tmp_path / "run"
     proc = _launch([*BASE, "--generations", "100000", "--run-dir", run], ranks=3)
-    _wait_for(final(run, 2), proc)
+    wait_for_generation(run, proc, 2)
     pids = _rank_pids(proc.tag)
     assert sorted(pids) == [0, 1, 2], pids
     os.kill(pids[1], sig)  # only rank 1 hears it
@@ -178,7 +170,7 @@ def test_signal_on_one_rank_checkpoints_and_exits_75(tmp_path, mpiexec, straight
 def test_kill_9_then_resume_auto_loses_at_most_the_generations_since_the_last_checkpoint(tmp_path, mpiexec, straight_to):
     run = tmp_path / "run"
     proc = _launch([*BASE, "--generations", "100000", "--run-dir", run, "--checkpoint-every", "2"], ranks=2)
-    _wait_for(final(run, 4), proc)
+    wait_for_generation(run, proc, 4)
     os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank, no chance to clean up
     proc.communicate()
     # the kill landed mid-run: mpiexec died of SIGKILL (it did not exit by itself) long before generation 100000

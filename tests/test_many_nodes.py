@@ -8,12 +8,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import MPIEXEC, child_env, info
+from conftest import MPIEXEC, child_env, info, wait_for_generation
 
 pytestmark = pytest.mark.mpi
 
@@ -139,10 +138,7 @@ def test_kill_9_of_one_node_aborts_the_job_and_resume_recovers(tmp_path, one_ran
     proc = subprocess.Popen(command(4, "--generations", GENS, "--run-dir", run), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=node_env(2), start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while not (run / "checkpoints" / "ckpt_000002.h5").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach generation 2"
-            time.sleep(0.2)
+        wait_for_generation(run, proc, 2, timeout=300, poll=0.2)
         pids = rank_pids(proc.pid)
         assert sorted(pids) == [0, 1, 2, 3], pids
         # the layout line was printed before generation 1: read which ranks share node 2 (the one without rank 0)
