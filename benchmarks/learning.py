@@ -14,6 +14,7 @@ import argparse
 import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,8 +29,48 @@ TARGETS = {
     "InvertedPendulum-v5": [(1000, 0.3e6, "OpenAI ES 1,000 at 0.46 M")],
     "HalfCheetah-v5": [(2400, 2.5e6, "OpenAI ES 2,386 at 2.9 M"), (4800, 12e6, "ARS 4,815 at 12 M")],
     "Hopper-v5": [(3000, 7e6, "OpenAI ES 3,403 at 31.6 M; ARS 3,344 at 7 M")],
+    "Walker2d-v5": [(4000, 30e6, "OpenAI ES 3,830 at 37.9 M")],
     "Ant-v5": [(3000, 30e6, "ARS 2,334 at 75 M")],
 }
+
+
+def _rank_pids(group: int) -> list[int]:
+    """The trainer's ranks in mpiexec's process group (not mpiexec or its proxies)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[2]) == group and b"nes_mpi" in cmd and not any(b"mpiexec" in c or b"hydra" in c for c in cmd[:1]):
+            pids.append(int(p.name))
+    return pids
+
+
+def run_until_targets(cmd, log_csv: Path, targets) -> tuple[int, bool]:
+    """Run the trainer; once the evaluation return has reached every target, send SIGUSR1 to its ranks (they
+    checkpoint at the end of the generation and exit 75). Returns (exit code, stopped at the targets)."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    stopped = False
+    while proc.poll() is None:
+        time.sleep(5)
+        if stopped or not targets or not log_csv.exists():
+            continue
+        try:
+            rows = list(csv.DictReader(open(log_csv)))
+        except (OSError, csv.Error):
+            continue
+        if all(first_reach(rows, t)[0] is not None for t, _, _ in targets):
+            for pid in _rank_pids(proc.pid):
+                try:
+                    os.kill(pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+            stopped = True
+    return proc.returncode, stopped
 
 
 def first_reach(rows, target):
@@ -48,6 +89,8 @@ def main():
     ap.add_argument("--name", default=None, help="result name (default: preset[-STRATEGY unless openai][-seedN])")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra trainer options")
     ap.add_argument("--fresh", action="store_true", help="delete an existing run directory first")
+    ap.add_argument("--until-targets", action="store_true",
+                    help="stop the run (SIGUSR1: checkpoint, exit) once every target of its task is reached")
     args = ap.parse_args()
     name = args.name or (args.preset + ("" if args.strategy == "openai" else f"-{args.strategy}")
                          + ("" if args.seed == 0 else f"-seed{args.seed}"))
@@ -64,8 +107,10 @@ def main():
            "--seed", str(args.seed), "--strategy", args.strategy, "--run-dir", str(run_dir), "--resume", "auto", "--log-every", "10", *extra]
     print("running:", " ".join(cmd), flush=True)
     t0 = time.time()
-    code = subprocess.call(cmd)
-    if code != 0:
+    from nes_mpi.config import load_toml
+    env_id = load_toml(args.preset).get("env", "")
+    code, at_targets = run_until_targets(cmd, run_dir / "log.csv", TARGETS.get(env_id, []) if args.until_targets else [])
+    if code != 0 and not (at_targets and code == 75):
         sys.exit(code)
     rows = list(csv.DictReader(open(run_dir / "log.csv")))
     from nes_mpi.checkpoint import latest_good, load
@@ -86,7 +131,8 @@ def main():
         "strategy": state.config.get("strategy", "openai"), "seed": args.seed, "ranks": args.ranks, "generations": state.generation, "timesteps": state.timesteps,
         "wall_seconds": state.wall_seconds, "core_hours": state.wall_seconds * args.ranks / 3600,
         "best_eval_return": max(evals) if evals else None, "final_eval_return": evals[-1] if evals else None,
-        "targets": reached, "config": state.config, "session_seconds": time.time() - t0, "curve": png.name,
+        "targets": reached, "config": state.config, "session_seconds": time.time() - t0,
+        "stopped_at_targets": at_targets, "curve": png.name,
     })
     for r in reached:
         status = "MET" if r["met"] else "not met"

@@ -232,7 +232,7 @@ def test_config_precedence_and_validation(tmp_path):
 def test_every_shipped_preset_is_a_valid_config():
     from nes_mpi.config import preset_names
     names = preset_names()
-    assert {"cartpole", "halfcheetah", "hopper", "inverted_pendulum"} <= set(names)
+    assert {"cartpole", "halfcheetah", "hopper", "inverted_pendulum", "walker2d"} <= set(names)
     for name in names:
         for strategy in ("openai", "snes", "pgpe"):
             cfg = Config.from_dict(strategy_options({**load_toml(name), "strategy": strategy})).validate()
