@@ -1,5 +1,5 @@
 """The thin MPI layer: who evaluates which members, gathering in member order,
-the node-shared noise table, and the cross-rank consistency check.
+the node-shared noise table and update, and the cross-rank consistency check.
 
 Only plain numpy buffers cross ranks (upper-case mpi4py calls); parameters are
 never sent: every rank computes them.
@@ -15,17 +15,13 @@ import numpy as np
 from mpi4py import MPI
 
 from . import noise
+from .dims import Whole, balanced_range, block_span, block_sums, n_blocks, total_of_blocks
+
+member_range = balanced_range  # which members a rank evaluates
 
 
 class DivergedError(RuntimeError):
     pass
-
-
-def member_range(n: int, size: int, rank: int) -> range:
-    """Contiguous, balanced slice of n items for `rank` (the first n % size ranks get one more)."""
-    base, extra = divmod(n, size)
-    lo = rank * base + min(rank, extra)
-    return range(lo, lo + base + (1 if rank < extra else 0))
 
 
 def gather_rows(comm: MPI.Comm, local: np.ndarray, n_total: int) -> np.ndarray:
@@ -174,67 +170,99 @@ class SharedNoise:
             "owners": [r for r, (_, own, _) in enumerate(rows) if own],
             "table_bytes": self.table.size * itemsize,
             "resident_bytes": None if any(p is None for *_, p in rows) else sum(p for *_, p in rows),
-            "update_split": getattr(self, "coop", None) is not None,
+            "update_split": isinstance(getattr(self, "split", None), NodeSplit),
         }
 
-    def noise_table(self, seed: int, dim: int) -> noise.NoiseTable:
-        """The table for the update: with several ranks on a node, one whose weighted sum they share."""
+    def noise_table(self, seed: int) -> noise.NoiseTable:
+        return noise.NoiseTable(self.table, seed)
+
+    def update_part(self, dim: int, vectors: list[str]):
+        """Where this rank's tell runs: its range of the node's split (one per rank of a node with shared
+        memory), or all dimensions (a node of one rank, or no shared memory)."""
         if self.win is None or self.node.size == 1:
-            return noise.NoiseTable(self.table, seed)
-        self.coop = NodeCooperativeNoise(self.table, seed, self.node, dim)
-        return self.coop
+            self.split = Whole(dim)
+        else:
+            self.split = NodeSplit(self.node, dim, vectors)
+        return self.split
 
     def free(self):
-        coop = getattr(self, "coop", None)
-        if coop is not None:
-            coop.free()
-            self.coop = None
+        split = getattr(self, "split", None)
+        if isinstance(split, NodeSplit):
+            split.free()
+        self.split = None
         if self.win is not None:
             self.table = None
             self.win.Free()
             self.win = None
 
 
-class NodeCooperativeNoise(noise.NoiseTable):
-    """The update's weighted sum split over the ranks of a node.
+class NodeSplit:
+    """The update split over the ranks of a node: each computes its range of the dimensions (dims.py).
 
-    Every rank streaming all pop/2 slices makes a node read the same bytes once per
-    rank, and then memory bandwidth, not the core, sets the update's time. Here rank
-    i of the node sums only its contiguous range of the dimensions into a node-shared
-    buffer and, after a node barrier, every rank copies the whole sum. Each element
-    is still summed over the directions in the same order, so the bits are those of
-    `NoiseTable.weighted_sum` for any node layout. Two buffers alternate, so a rank
-    writing the next sum never overwrites one a slower neighbour is still copying.
-    Collective over the node: every rank must call weighted_sum the same times.
+    Replicated on every rank, the update would make a node read the same table slices
+    and optimizer moments once per rank, and then memory bandwidth, not the core, sets
+    its time. Here rank i of the node runs the strategy's tell on its range of whole
+    blocks: its part of the weighted sums, of the optimizer step and of the sigma
+    update, written into node-shared state vectors. After one node barrier every rank's
+    state is views of those vectors: the node holds one state, not one per rank, and
+    no rank copies it. Each element is computed as on one process and every sum over
+    the dimensions adds per-block sums in block order, so the bits are those of one
+    process for any node layout.
+
+    Two sets of state vectors alternate, so the tell writing generation g+1's state
+    never overwrites generation g's, which every rank still reads as its input; the
+    state of two tells ago is overwritten, so whoever keeps a state longer copies it
+    (the trainer's snapshots do). The per-block sums alternate likewise. Collective
+    over the node: every rank calls join and total the same times.
     """
 
-    def __init__(self, table: np.ndarray, seed: int, node: MPI.Comm, dim: int):
-        super().__init__(table, seed)
-        self.node, self.dim = node, dim
-        itemsize = np.dtype(np.float32).itemsize
-        self.win = MPI.Win.Allocate_shared(2 * dim * itemsize if node.rank == 0 else 0, itemsize, comm=node)
-        buf, _ = self.win.Shared_query(0)
-        self.buffers = np.ndarray(buffer=buf, dtype=np.float32, shape=(2, dim))
-        self.win.Lock_all(MPI.MODE_NOCHECK)
-        part = member_range(dim, node.size, node.rank)
-        self.lo, self.hi = part.start, part.stop
-        self.calls = 0
+    MAX_SUMS = 4
 
-    def weighted_sum(self, weights: np.ndarray, offsets: np.ndarray, dim: int, squared: bool = False) -> np.ndarray:
-        if dim != self.dim:
-            return super().weighted_sum(weights, offsets, dim, squared)
-        buf = self.buffers[self.calls % 2]
-        self.calls += 1
-        mine = np.zeros(self.hi - self.lo, dtype=np.float32)
-        self.weighted_sum_part(weights, offsets, self.lo, self.hi, mine, squared)
-        buf[self.lo : self.hi] = mine
+    def __init__(self, node: MPI.Comm, dim: int, vectors: list[str]):
+        self.node, self.dim = node, dim
+        self.lo, self.hi, self.first_block = block_span(dim, node.size, node.rank)
+        self.names = {name: i for i, name in enumerate(vectors)}
+        self.blocks = n_blocks(dim)
+        state_bytes = 2 * len(vectors) * dim * 4
+        sums_at = -(-state_bytes // 8) * 8
+        nbytes = sums_at + 2 * self.MAX_SUMS * self.blocks * 8
+        self.win = MPI.Win.Allocate_shared(nbytes if node.rank == 0 else 0, 1, comm=node)
+        buf, _ = self.win.Shared_query(0)
+        self.states = np.ndarray(buffer=buf, dtype=np.float32, shape=(2, len(vectors), dim))
+        self.sums = np.ndarray(buffer=buf, dtype=np.float64, shape=(2, self.MAX_SUMS, self.blocks), offset=sums_at)
+        self.win.Lock_all(MPI.MODE_NOCHECK)
+        self.joins = self.totals = 0
+
+    def total(self, *vectors: np.ndarray) -> tuple[float, ...]:
+        """Sum over all dimensions of each vector, given on this rank's range (collective over the node)."""
+        rows = self.sums[self.totals % 2]
+        self.totals += 1
+        for i, v in enumerate(vectors):
+            mine = block_sums(v)
+            rows[i, self.first_block : self.first_block + mine.size] = mine
+        self._everyone_wrote()
+        return tuple(total_of_blocks(rows[i]) for i in range(len(vectors)))
+
+    def join(self, vectors: dict, sums: tuple = ()) -> tuple[dict, tuple[float, ...]]:
+        """Write my ranges of the new state vectors; every rank gets the whole vectors (collective)."""
+        if set(vectors) != set(self.names):
+            raise ValueError(f"a split tell must give every state vector {sorted(self.names)}, got {sorted(vectors)}")
+        slot = self.states[self.joins % 2]
+        self.joins += 1
+        for name, v in vectors.items():
+            if v.dtype != np.float32 or v.shape != (self.hi - self.lo,):
+                raise ValueError(f"state vector {name!r}: {v.dtype} {v.shape}, expected float32 ({self.hi - self.lo},)")
+            slot[self.names[name], self.lo : self.hi] = v
+        totals = self.total(*sums)  # its barrier also publishes the state vectors
+        return {name: slot[i] for name, i in self.names.items()}, totals
+
+    def _everyone_wrote(self) -> None:
         self.win.Sync()
         self.node.Barrier()
         self.win.Sync()
-        return buf.astype(np.float64)
 
     def free(self):
-        self.buffers = None
+        self.states = self.sums = None
         self.win.Unlock_all()
         self.win.Free()
 

@@ -65,8 +65,13 @@ class NoiseTable:
         slices for one BLAS call was several times slower. The order of accumulation
         depends only on the inputs, so every rank obtains the same bits.
         """
-        out = np.zeros(dim, dtype=np.float32)
-        self.weighted_sum_part(weights, offsets, 0, dim, out, squared)
+        return self.weighted_sum_over(weights, offsets, 0, dim, squared)
+
+    def weighted_sum_over(self, weights: np.ndarray, offsets: np.ndarray, lo: int, hi: int,
+                          squared: bool = False) -> np.ndarray:
+        """Elements lo..hi of the weighted sum, as float64 (a tell on a range of the dimensions)."""
+        out = np.zeros(hi - lo, dtype=np.float32)
+        self.weighted_sum_part(weights, offsets, lo, hi, out, squared)
         return out.astype(np.float64)
 
     def weighted_sum_part(self, weights: np.ndarray, offsets: np.ndarray, lo: int, hi: int, out: np.ndarray,

@@ -5,12 +5,20 @@ flat dict of numpy arrays (`t`, and the moments `m`, `v` where it has them)
 that `init` creates and `step` maps to a new dict without touching the old
 one, so a strategy can carry it inside its own state and a checkpoint can
 restore it bit for bit. All of them *ascend*: `step` moves theta along +grad.
+
+A step is elementwise, so it may be given a range of the dimensions (theta,
+grad and the moments cut to it); `total` then sums over all of them (see
+dims.py), which only ClipUp needs, for its norms.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+
+from .dims import Whole
 
 State = dict  # name -> np.ndarray
 
@@ -25,13 +33,15 @@ class Optimizer:
     def init(self, dim: int) -> State:
         return {"t": np.int64(0), **{k: np.zeros(dim, dtype=np.float32) for k in self.moments}}
 
-    def step(self, state: State, theta: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, State]:
-        """(new theta, new state); `state` and `theta` are left as they were."""
+    def step(self, state: State, theta: np.ndarray, grad: np.ndarray,
+             total: Callable | None = None) -> tuple[np.ndarray, State]:
+        """(new theta, new state); `state` and `theta` are left as they were. `total(*vectors)`: the sums of
+        vectors over all dimensions when theta is one range of them (default: theta is all of them)."""
         t = int(state["t"]) + 1
-        update, moments = self._update(state, t, grad)
+        update, moments = self._update(state, t, grad, total or Whole(theta.size).total)
         return (theta + update).astype(theta.dtype, copy=False), {"t": np.int64(t), **moments}
 
-    def _update(self, state: State, t: int, grad: np.ndarray) -> tuple[np.ndarray, dict]:
+    def _update(self, state: State, t: int, grad: np.ndarray, total: Callable) -> tuple[np.ndarray, dict]:
         raise NotImplementedError
 
 
@@ -41,7 +51,7 @@ class GD(Optimizer):
 
     name = "gd"
 
-    def _update(self, state, t, grad):
+    def _update(self, state, t, grad, total):
         return (self.lr * grad).astype(np.float32), {}
 
 
@@ -53,7 +63,7 @@ class SGD(Optimizer):
     name = "sgd"
     moments = ("v",)
 
-    def _update(self, state, t, grad):
+    def _update(self, state, t, grad, total):
         v = self.momentum * state["v"] + (1.0 - self.momentum) * grad.astype(np.float32)
         return self.lr * v, {"v": v}
 
@@ -68,7 +78,7 @@ class Adam(Optimizer):
     name = "adam"
     moments = ("m", "v")
 
-    def _update(self, state, t, grad):
+    def _update(self, state, t, grad, total):
         g = grad.astype(np.float32)
         m = self.beta1 * state["m"] + (1.0 - self.beta1) * g
         v = self.beta2 * state["v"] + (1.0 - self.beta2) * (g * g)
@@ -89,13 +99,13 @@ class ClipUp(Optimizer):
     name = "clipup"
     moments = ("v",)
 
-    def _update(self, state, t, grad):
+    def _update(self, state, t, grad, total):
         g = grad.astype(np.float32)
-        norm = float(np.linalg.norm(g))
+        norm = math.sqrt(total(np.square(g, dtype=np.float64))[0])
         step = self.lr * g / norm if norm > 0 else np.zeros_like(g)
         v = self.momentum * state["v"] + step
         cap = self.max_speed or 2.0 * self.lr
-        speed = float(np.linalg.norm(v))
+        speed = math.sqrt(total(np.square(v, dtype=np.float64))[0])
         if speed > cap:
             v = v * np.float32(cap / speed)
         return v, {"v": v}

@@ -287,7 +287,9 @@ class Trainer:
         self.dim = self.spec.num_params
         # NES_MPI_INJECT_DIVERGENCE=RANK:GEN[:ENTRY] perturbs the first number of one entry of RANK's strategy
         # state (default: the mean) after generation GEN, so that the tests can prove the cross-rank hash check
-        # catches it.
+        # catches it. The perturbed entry is RANK's own copy; with the update split over a node (comm.NodeSplit)
+        # the next update takes each range from the rank computing it, so the divergence lasts only if RANK
+        # computes parameter 0 (the first rank of its node) or is alone on its node.
         inject = os.environ.get("NES_MPI_INJECT_DIVERGENCE", "").split(":")
         self._inject_divergence = (int(inject[0]), int(inject[1])) if len(inject) >= 2 else None
         self._inject_entry = inject[2] if len(inject) == 3 else "mean"
@@ -300,12 +302,14 @@ class Trainer:
     def setup_numerics(self):
         cfg, comm = self.cfg, self.comm
         self.shared_noise = SharedNoise(comm, cfg.noise_table_size, cfg.seed)
-        self.noise = self.shared_noise.noise_table(cfg.seed, self.dim)
-        say(comm, noise_layout_line(self.shared_noise.layout(comm)))
+        self.noise = self.shared_noise.noise_table(cfg.seed)
         try:
             self.strategy = make_strategy(cfg, self.noise, self.dim)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        vectors = [k for k, v in self.strategy.init(np.zeros(self.dim)).items() if np.ndim(v)]
+        self.update_part = self.shared_noise.update_part(self.dim, vectors)  # this rank's range of the update
+        say(comm, noise_layout_line(self.shared_noise.layout(comm)))
         self.obs_norm = ObsNorm(self.spec.obs_dim, cfg.obs_clip, cfg.obs_norm)
         self.policy = BatchPolicy(self.spec)
         s = self.state
@@ -398,7 +402,7 @@ class Trainer:
         self.last_failed = full[:, ROW_FAILED] > 0
         if cfg.obs_norm:
             self.obs_norm.update(*pooled_obs(full, self.spec.obs_dim))
-        self.sstate, info = self.strategy.tell(self.sstate, g, fitness)
+        self.sstate, info = self.strategy.tell(self.sstate, g, fitness, self.update_part)
         self.generation = g + 1
         gen_steps = int(steps.sum())
         self.timesteps += gen_steps

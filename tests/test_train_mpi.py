@@ -98,13 +98,15 @@ def test_faulty_members_get_the_worst_fitness_and_are_counted(tmp_path, mpiexec,
 
 
 def test_diverged_parameters_are_caught_and_named(tmp_path, mpiexec):
+    """Each rank on its own emulated node: a node of several ranks holds one state, which a rank's private
+    divergence cannot outlive past the next update (tests/test_node_split.py covers that case)."""
     import os
-    os.environ["NES_MPI_INJECT_DIVERGENCE"] = "2:3"
+    os.environ.update(NES_MPI_INJECT_DIVERGENCE="2:3", MPIR_CVAR_NUM_CLIQUES="3")
     try:
         proc = nes("--env", "CartPole-v1", "--generations", "10", "--population", "12", "--check-every", "2",
                    "--run-dir", tmp_path / "div", *SMALL, ranks=3, timeout=120)
     finally:
-        del os.environ["NES_MPI_INJECT_DIVERGENCE"]
+        del os.environ["NES_MPI_INJECT_DIVERGENCE"], os.environ["MPIR_CVAR_NUM_CLIQUES"]
     assert proc.returncode == 1
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "diverged at generation 4" in lines[0] and "ranks [2]" in lines[0], proc.stderr

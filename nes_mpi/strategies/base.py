@@ -7,6 +7,10 @@ explicit state (a flat dict name -> numpy array, "mean" among them):
     rows = strategy.ask(state, generation, members)       # those members' parameters
     state, info = strategy.tell(state, generation, fitness)  # a new dict; the old one is untouched
 
+`tell(state, generation, fitness, part)` computes only the dimensions of `part`
+(a range of them, see dims.py) and lets the part put the ranges together: the MPI
+layer splits a node's update over its ranks that way, with the same bits.
+
 Member m of generation g evaluates mean + sign_m * sigma * eps_k(m), where
 eps_k is a slice of the shared noise table at an offset drawn from (seed, g),
 so every rank builds any member without communication. With antithetic
@@ -19,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..dims import Whole
 from ..noise import NoiseTable
 from ..optimizers import Optimizer
 from ..shaping import replace_nonfinite
@@ -82,18 +87,19 @@ class Sampling:
         return utilities.copy(), utilities.copy()
 
 
-def step_mean(optimizer: Optimizer, state: State, grad: np.ndarray, weight_decay: float) -> tuple[State, float, float]:
-    """Move the mean along grad (minus the L2 term) with the optimizer kept in the state's opt_* entries.
+def step_mean(optimizer: Optimizer, state: State, grad: np.ndarray, weight_decay: float, part) -> tuple[State, np.ndarray]:
+    """Move the mean along grad (minus the L2 term) with the optimizer kept in the state's opt_* entries,
+    on the part's range of the dimensions (grad is given on that range).
 
-    Returns the entries that changed (mean, opt_*), the norm of the gradient followed and of the step.
+    Returns the entries that changed (the mean's and the moments' ranges, opt_t) and the gradient followed.
     """
-    mean = state["mean"]
+    lo, hi = part.lo, part.hi
+    mean = state["mean"][lo:hi]
     if weight_decay:
         grad = grad - weight_decay * mean.astype(np.float64)
-    opt = {k[4:]: v for k, v in state.items() if k.startswith("opt_")}
-    new_mean, new_opt = optimizer.step(opt, mean, grad)
-    changed = {"mean": new_mean, **{f"opt_{k}": v for k, v in new_opt.items()}}
-    return changed, float(np.linalg.norm(grad)), float(np.linalg.norm(new_mean - mean))
+    opt = {k[4:]: (v[lo:hi] if np.ndim(v) else v) for k, v in state.items() if k.startswith("opt_")}
+    new_mean, new_opt = optimizer.step(opt, mean, grad, part.total)
+    return {"mean": new_mean, **{f"opt_{k}": v for k, v in new_opt.items()}}, grad
 
 
 def init_optimizer(optimizer: Optimizer, dim: int) -> State:
@@ -146,21 +152,36 @@ class GaussianStrategy:
         would turn the decay term alone into a full lr-sized step toward zero."""
         return state, UpdateInfo(0.0, n_failed, 0.0, float(np.mean(self.sigma_of(state))))
 
-    def shaped_sums(self, generation: int, fitness: np.ndarray):
-        """(g_mu, g_sig, n_failed) of `variance_sums` on the shaped, cleaned fitnesses; g_mu and g_sig are
-        None when every utility is zero (then `no_step`)."""
+    def finish(self, state: State, part, changed: State, grad: np.ndarray, n_failed: int) -> tuple[State, UpdateInfo]:
+        """The new state from the ranges of the changed entries (`part.join`), with the norms of the
+        gradient followed and of the step, and the mean sigma, summed over all dimensions."""
+        step = changed["mean"] - state["mean"][part.lo : part.hi]
+        sums = [np.square(grad), np.square(step, dtype=np.float64)]
+        if self.adapts_sigma:
+            sums.append(changed["sigma"])
+        vectors = {k: v for k, v in changed.items() if np.ndim(v)}
+        joined, totals = part.join(vectors, tuple(sums))
+        new = {**state, **changed, **joined}
+        sigma_mean = totals[2] / self.sampling.dim if self.adapts_sigma else float(self.sigma)
+        return new, UpdateInfo(float(np.sqrt(totals[0])), n_failed, float(np.sqrt(totals[1])), sigma_mean)
+
+    def shaped_sums(self, generation: int, fitness: np.ndarray, part):
+        """(g_mu, g_sig, n_failed) of `variance_sums` on the shaped, cleaned fitnesses, on the part's range;
+        g_mu and g_sig are None when every utility is zero (then `no_step`)."""
         fitness, n_failed = replace_nonfinite(fitness)
         utilities = self.shaping(fitness)
         if not np.any(utilities):
             return None, None, n_failed
-        return (*self.variance_sums(generation, utilities), n_failed)
+        return (*self.variance_sums(generation, utilities, part), n_failed)
 
-    def variance_sums(self, generation: int, utilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """sum_k a_k eps_k and sum_k b_k (eps_k^2 - 1), with a_k, b_k the per-direction weights of the utilities."""
+    def variance_sums(self, generation: int, utilities: np.ndarray, part=None) -> tuple[np.ndarray, np.ndarray]:
+        """sum_k a_k eps_k and sum_k b_k (eps_k^2 - 1), with a_k, b_k the per-direction weights of the utilities,
+        on the part's range of the dimensions (default: all)."""
         s = self.sampling
+        part = part or Whole(s.dim)
         wmu, wsig = s.direction_weights(utilities)
         offsets = s.directions(generation)
-        g_mu = s.noise.weighted_sum(wmu, offsets, s.dim)
-        g_sig = s.noise.weighted_sum(wsig, offsets, s.dim, squared=True)
+        g_mu = s.noise.weighted_sum_over(wmu, offsets, part.lo, part.hi)
+        g_sig = s.noise.weighted_sum_over(wsig, offsets, part.lo, part.hi, squared=True)
         g_sig -= float(np.asarray(wsig, dtype=np.float32).sum(dtype=np.float64))
         return g_mu, g_sig

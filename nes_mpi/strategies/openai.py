@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..dims import Whole
 from ..shaping import centered_ranks, replace_nonfinite
 from .base import GaussianStrategy, Shaping, State, UpdateInfo, step_mean
 
@@ -43,10 +44,12 @@ class OpenAIES(GaussianStrategy):
         weights[order[keep:]] = 0.0
         return weights, 2 * keep
 
-    def estimate(self, generation: int, weights: np.ndarray, n_used: int) -> np.ndarray:
-        """1 / (n_used sigma) * sum_k weights[k] eps_k: the ES gradient estimate from per-direction weights."""
+    def estimate(self, generation: int, weights: np.ndarray, n_used: int, part=None) -> np.ndarray:
+        """1 / (n_used sigma) * sum_k weights[k] eps_k: the ES gradient estimate from per-direction weights,
+        on the part's range of the dimensions (default: all)."""
         s = self.sampling
-        grad = s.noise.weighted_sum(weights, s.directions(generation), s.dim)
+        part = part or Whole(s.dim)
+        grad = s.noise.weighted_sum_over(weights, s.directions(generation), part.lo, part.hi)
         grad /= n_used * self.sigma
         return grad
 
@@ -56,11 +59,12 @@ class OpenAIES(GaussianStrategy):
         weights, n_used = self.direction_weights(fitness)
         return self.estimate(generation, weights, n_used), n_failed
 
-    def tell(self, state: State, generation: int, fitness: np.ndarray) -> tuple[State, UpdateInfo]:
+    def tell(self, state: State, generation: int, fitness: np.ndarray, part=None) -> tuple[State, UpdateInfo]:
+        part = part or Whole(self.sampling.dim)
         fitness, n_failed = replace_nonfinite(fitness)
         weights, n_used = self.direction_weights(fitness)
         if not weights.any():  # every member tied: no ranking information, no step (see GaussianStrategy.no_step)
             return self.no_step(state, n_failed)
-        grad = self.estimate(generation, weights, n_used)
-        changed, grad_norm, step_norm = step_mean(self.optimizer, state, grad, self.weight_decay)
-        return {**state, **changed}, UpdateInfo(grad_norm, n_failed, step_norm, float(self.sigma))
+        grad = self.estimate(generation, weights, n_used, part)
+        changed, grad = step_mean(self.optimizer, state, grad, self.weight_decay, part)
+        return self.finish(state, part, changed, grad, n_failed)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..dims import Whole
 from ..shaping import centered_ranks
 from .base import GaussianStrategy, Shaping, State, UpdateInfo, step_mean
 
@@ -37,15 +38,15 @@ class PGPE(GaussianStrategy):
         if not 0 < self.sigma_max_change < 1:
             raise ValueError("sigma_max_change must be in (0, 1)")
 
-    def tell(self, state: State, generation: int, fitness: np.ndarray) -> tuple[State, UpdateInfo]:
-        g_mu, g_sig, n_failed = self.shaped_sums(generation, fitness)
+    def tell(self, state: State, generation: int, fitness: np.ndarray, part=None) -> tuple[State, UpdateInfo]:
+        part = part or Whole(self.sampling.dim)
+        g_mu, g_sig, n_failed = self.shaped_sums(generation, fitness, part)
         if g_mu is None:
             return self.no_step(state, n_failed)
-        sigma = state["sigma"].astype(np.float64)
+        sigma = state["sigma"][part.lo : part.hi].astype(np.float64)
         scale = sigma / (2 * self.sampling.n_directions)
-        changed, grad_norm, step_norm = step_mean(self.optimizer, state, scale * g_mu, self.weight_decay)
+        changed, grad = step_mean(self.optimizer, state, scale * g_mu, self.weight_decay, part)
         stepped = sigma + (self.sigma_lr or DEFAULT_SIGMA_LR) * scale * g_sig
         c = self.sigma_max_change
-        new_sigma = np.clip(stepped, sigma * (1 - c), sigma * (1 + c)).astype(np.float32)
-        info = UpdateInfo(grad_norm, n_failed, step_norm, float(new_sigma.mean()))
-        return {**state, **changed, "sigma": new_sigma}, info
+        changed["sigma"] = np.clip(stepped, sigma * (1 - c), sigma * (1 + c)).astype(np.float32)
+        return self.finish(state, part, changed, grad, n_failed)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..dims import Whole
 from ..shaping import nes_utilities
 from .base import GaussianStrategy, Shaping, State, UpdateInfo, step_mean
 
@@ -37,12 +38,12 @@ class SNES(GaussianStrategy):
     def eta_sigma(self) -> float:
         return self.sigma_lr or default_sigma_lr(self.sampling.dim)
 
-    def tell(self, state: State, generation: int, fitness: np.ndarray) -> tuple[State, UpdateInfo]:
-        g_mu, g_sig, n_failed = self.shaped_sums(generation, fitness)
+    def tell(self, state: State, generation: int, fitness: np.ndarray, part=None) -> tuple[State, UpdateInfo]:
+        part = part or Whole(self.sampling.dim)
+        g_mu, g_sig, n_failed = self.shaped_sums(generation, fitness, part)
         if g_mu is None:
             return self.no_step(state, n_failed)
-        sigma = state["sigma"]
-        changed, grad_norm, step_norm = step_mean(self.optimizer, state, sigma * g_mu, self.weight_decay)
-        new_sigma = (sigma * np.exp(0.5 * self.eta_sigma * g_sig)).astype(np.float32)
-        info = UpdateInfo(grad_norm, n_failed, step_norm, float(new_sigma.mean()))
-        return {**state, **changed, "sigma": new_sigma}, info
+        sigma = state["sigma"][part.lo : part.hi]
+        changed, grad = step_mean(self.optimizer, state, sigma * g_mu, self.weight_decay, part)
+        changed["sigma"] = (sigma * np.exp(0.5 * self.eta_sigma * g_sig)).astype(np.float32)
+        return self.finish(state, part, changed, grad, n_failed)
