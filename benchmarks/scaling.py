@@ -36,7 +36,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets one thread per process before numpy loads)
-import design_point as dp  # noqa: E402
 
 
 TARGET = 0.9
@@ -58,30 +57,30 @@ def model_components(say) -> dict:
     """The pieces of a HalfCheetah generation at 1 and 2 ranks, measured here (CPU and wall clock)."""
     from nes_mpi.trainer import row_doubles
 
-    b = dp.Bench(env=ENV, hidden=(64, 64), members=POP, population=POP, with_default_envs=False)
+    b = common.Bench(env=ENV, hidden=(64, 64), members=POP, population=POP, with_default_envs=False)
     say(f"  {ENV}: {b.dim:,} parameters, episodes of {b.max_steps} steps")
     out = {}
     b.rollout(b.handles_full, 1, members=4)  # warm-up; gives observation statistics
     for p in (1, 2):
         n = POP // p
         runs = [b.rollout(b.handles_full, 1, members=n) for _ in range(2)]
-        out[p] = {"members": n, **{c: {"rollout": common.median([r[c] for r in runs])} for c in dp.CLOCKS}}
+        out[p] = {"members": n, **{c: {"rollout": common.median([r[c] for r in runs])} for c in common.CLOCKS}}
         ask = b.ask(n)
-        for c in dp.CLOCKS:
+        for c in common.CLOCKS:
             out[p][c]["ask"] = ask[c]
     tell = b.tell(POP)["tell"]
     obs = b.obs_norm_update(POP)
     sha = b.sha256()
     b.close()
-    ag = dp.measure_allgather(row_doubles(b.obs_dim), reps=30)
-    alpha, beta = dp.fit_alpha_beta(ag)
-    ag40 = dp.allgather_model(POP * 8 * (row_doubles(b.obs_dim)), 2, alpha, beta)
+    ag = common.measure_allgather(row_doubles(b.obs_dim), reps=30)
+    alpha, beta = common.fit_alpha_beta(ag)
+    ag40 = common.allgather_model(POP * 8 * (row_doubles(b.obs_dim)), 2, alpha, beta)
     for p in (1, 2):
-        for c in dp.CLOCKS:
+        for c in common.CLOCKS:
             d = out[p][c]
-            coll = p > 1  # collectives: the fastest repetition (see dp.fit_alpha_beta)
+            coll = p > 1  # collectives: the fastest repetition (see common.fit_alpha_beta)
             d.update(update=tell[c], obs_norm=obs[c],
-                     check=(ag["check_identical"]["min_s"] if coll else sha[c]) / dp.CHECK_EVERY,
+                     check=(ag["check_identical"]["min_s"] if coll else sha[c]) / common.CHECK_EVERY,
                      allgatherv=ag40 if coll else 0.0, stop_flag=ag["any_rank"]["min_s"] if coll else 0.0)
             d["total"] = sum(d.values())
     out["allgather_2_ranks"] = {"alpha_s": alpha, "beta_s_per_byte": beta, "measured": ag}
