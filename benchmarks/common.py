@@ -440,7 +440,7 @@ class Bench:
             norm.update(*pooled_obs(full, od))
             ok = returns[np.isfinite(returns)]
             float(ok.mean()), float(ok.max()), float(ok.min()), int(steps.sum())
-            idle_fraction(full[:, ROW_ROLLOUT_SECONDS], RANKS)
+            idle_fraction(full[:, ROW_ROLLOUT_SECONDS], min(RANKS, pop))  # scaling.py: 40 members
         return timed(go, 15)
 
     def sha256(self) -> dict:

@@ -25,11 +25,13 @@ Assumptions (stated, not measured here):
     1,000-step episodes, no early terminations, no idle ranks.
 
     .venv/bin/python benchmarks/node_split.py && .venv/bin/python benchmarks/cost_model.py   # ~20 s
+    .venv/bin/python benchmarks/cost_model.py --design-point design_point_previous --out cost_model_previous
 
 Writes benchmarks/results/cost_model.json.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -163,7 +165,12 @@ def generation(p: int, m: int, t: dict, k: dict, comp: dict, b1: float, net: dic
 
 
 def main() -> int:
-    dpj, scj, bw, ns = load("design_point"), load("scaling"), load("bandwidth"), load("node_split")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--design-point", default="design_point",
+                    help="the design point's measured components: results/NAME.json (default: design_point)")
+    ap.add_argument("--out", default="cost_model", help="result name under benchmarks/results/")
+    a = ap.parse_args()
+    dpj, scj, bw, ns = load(a.design_point), load("scaling"), load("bandwidth"), load("node_split")
     machine = common.machine_info()
     comp = dpj["components"]["cpu"]
     b1 = bw["per_stream_bytes_per_s"]["1"]
@@ -174,7 +181,8 @@ def main() -> int:
           f"(2 streams here: x{bw['slowdown_2_streams']:.2f}); node assumed {NODE_BW / 1e9:.0f} GB/s for "
           f"{RANKS_PER_NODE} ranks = {NODE_BW / RANKS_PER_NODE / 1e9:.2f} GB/s per rank when all stream")
     ts = tasks(dpj, scj)
-    result = {"benchmark": "cost_model", "command": "python benchmarks/cost_model.py", "machine": machine,
+    cmd = "python benchmarks/cost_model.py" + (f" --design-point {a.design_point} --out {a.out}" if a.out != "cost_model" else "")
+    result = {"benchmark": "cost_model", "command": cmd, "machine": machine,
               "assumptions": {"node_bytes_per_s": NODE_BW, "ranks_per_node": RANKS_PER_NODE,
                               "one_stream_bytes_per_s": b1, "networks": common.NETWORKS},
               "kernels": k, "design_point": {}, "scale_out": {}, "largest_P": {}}
@@ -226,7 +234,10 @@ def main() -> int:
               f"{goal['parts_s']['update'] * 1e3:.1f} ms = weighted sum {u['weighted_sum'] * 1e3:.2f} + optimizer and rest "
               f"{u['adam_and_rest'] * 1e3:.2f} + centered ranks {u['centered_ranks'] * 1e3:.2f}; largest part: "
               f"{goal['limit']} {goal['parts_s'][goal['limit']] * 1e3:.1f} ms")
-    common.write_result("cost_model", result)
+    result["components_from"] = {"file": f"{a.design_point}.json", "date": dpj["machine"].get("date"),
+                                 "loadavg_at_start": dpj["machine"].get("loadavg_at_start"),
+                                 "loadavg_at_end": dpj["machine"].get("loadavg_at_end")}
+    common.write_result(a.out, result)
     return 0
 
 

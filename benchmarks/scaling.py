@@ -83,8 +83,9 @@ def model_components(say) -> dict:
                      check=(ag["check_identical"]["min_s"] if coll else sha[c]) / common.CHECK_EVERY,
                      allgatherv=ag40 if coll else 0.0, stop_flag=ag["any_rank"]["min_s"] if coll else 0.0)
             d["total"] = sum(d.values())
-    out["allgather_2_ranks"] = {"alpha_s": alpha, "beta_s_per_byte": beta, "measured": ag}
-    return out
+    # JSON keys are strings: "1", "2" (rank counts) beside "allgather_2_ranks"
+    return {**{str(p): out[p] for p in (1, 2)},
+            "allgather_2_ranks": {"alpha_s": alpha, "beta_s_per_byte": beta, "measured": ag}}
 
 
 def main() -> int:
@@ -146,14 +147,14 @@ def main() -> int:
         for p in (1, 2):
             cpu_equiv = gen[p] * common.median(share[p]) if share[p] else None
             entry = {"measured_wall_s": gen[p], "measured_cpu_equiv_s": cpu_equiv,
-                     "model_wall_s": comp[p]["wall"]["total"], "model_cpu_s": comp[p]["cpu"]["total"]}
+                     "model_wall_s": comp[str(p)]["wall"]["total"], "model_cpu_s": comp[str(p)]["cpu"]["total"]}
             entry["error_wall"] = entry["model_wall_s"] / gen[p] - 1
             entry["error_cpu"] = entry["model_cpu_s"] / cpu_equiv - 1 if cpu_equiv else None
             model["check"][p] = entry
             say(f"  {p} rank(s): measured {gen[p]:.3f} s/generation wall ({cpu_equiv or float('nan'):.3f} cpu-s); model "
                 f"{entry['model_cpu_s']:.3f} s from cpu-clock pieces ({(entry['error_cpu'] or float('nan')):+.0%}), "
                 f"{entry['model_wall_s']:.3f} s from wall-clock pieces ({entry['error_wall']:+.0%})")
-        m1, m2 = comp[1]["cpu"]["total"], comp[2]["cpu"]["total"]
+        m1, m2 = comp["1"]["cpu"]["total"], comp["2"]["cpu"]["total"]
         model["predicted_efficiency_cpu"] = m1 / (2 * m2)
         say(f"  model efficiency 1 -> 2 ranks (cpu-clock pieces, a dedicated core per rank): {m1 / (2 * m2):.3f}")
 
