@@ -216,7 +216,7 @@ class NodeSplit:
     over the node: every rank calls join and total the same times.
     """
 
-    MAX_SUMS = 4
+    MAX_SUMS = 4  # sums formed at one barrier: the gradient and step norms and the mean sigma at most
 
     def __init__(self, node: MPI.Comm, dim: int, vectors: list[str]):
         self.node, self.dim = node, dim
@@ -235,6 +235,8 @@ class NodeSplit:
 
     def total(self, *vectors: np.ndarray) -> tuple[float, ...]:
         """Sum over all dimensions of each vector, given on this rank's range (collective over the node)."""
+        if len(vectors) > self.MAX_SUMS:
+            raise ValueError(f"at most {self.MAX_SUMS} sums per node barrier, got {len(vectors)}")
         rows = self.sums[self.totals % 2]
         self.totals += 1
         for i, v in enumerate(vectors):
