@@ -10,7 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["throughput.py", "design_point.py", "scaling.py", "memory.py", "checkpoint_io.py", "bandwidth.py",
-           "cost_model.py", "many_ranks.py", "idle.py", "group_size.py"]
+           "cost_model.py", "many_ranks.py", "idle.py", "group_size.py", "schedule.py"]
 
 
 def main() -> int:
