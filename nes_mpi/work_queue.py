@@ -31,9 +31,9 @@ from .comm import member_range
 class StaticSlice:
     """The rank's contiguous slice of the population, handed out in order."""
 
-    def __init__(self, population: int, size: int, rank: int, slots: int | None = None):
+    def __init__(self, population: int, size: int, rank: int):
         self.members = member_range(population, size, rank)
-        self.slots = len(self.members) if slots is None else slots
+        self.slots = len(self.members)  # all at once: nobody else would take them
         self._next = iter(())
 
     def start(self, generation: int) -> None:

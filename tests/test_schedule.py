@@ -3,8 +3,11 @@ really move to a faster rank (nes_mpi/work_queue.py, rollout.rollout_stream)."""
 from __future__ import annotations
 
 import csv
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from faulty_envs import NanObsOnSeed, RaiseOnResetSeed
 from nes_mpi.envs import make_env
 from nes_mpi.policy import BatchPolicy, initial_params, spec_for
 from nes_mpi.rollout import rollout, rollout_stream
+from test_stop import Job, jobs, logged_generations, newest, slow_env, slow_generation  # noqa: F401 (jobs: a fixture)
 
 SMALL = ["--noise-table-size", str(4 << 20), "--eval-every", "0", "--check-every", "1", "--checkpoint-every", "1",
          "--keep-checkpoints", "10"]
@@ -180,3 +184,27 @@ def test_a_broken_rank_fails_no_more_than_its_static_share_under_dynamic(tmp_pat
     run(2, task, tmp_path / "run")
     failed = [int(r["failed_members"]) for r in log(tmp_path / "run")]
     assert all(1 <= f <= 16 for f in failed), failed
+
+
+@pytest.mark.mpi
+def test_a_stop_mid_generation_under_dynamic_resumes_to_the_straight_bits(tmp_path, mpiexec, jobs):
+    """SIGTERM to rank 1 while generation 3's members crawl (12 per rank, 8 at a time): the generation is
+    abandoned with the queue half handed out, exit 75, and the resumed run has the straight run's bits."""
+    args = ["--population", "24", "--noise-table-size", str(1 << 20), "--check-every", "1", "--eval-every", "0",
+            "--schedule", "dynamic", "--generations", "5"]
+    straight = tmp_path / "straight"
+    run(2, [*slow_env(tmp_path / "never"), *args], straight)
+    gate = tmp_path / "gate"
+    env_args = slow_generation(gate, 3, "train", population=24)
+    stopped = tmp_path / "run"
+    job = Job([*env_args, *args, "--run-dir", stopped], 2)
+    jobs.append(job)
+    pids = job.wait_ranks()
+    job.wait_for(lambda: logged_generations(stopped) >= 2, "generation 2")
+    time.sleep(3)
+    os.kill(pids[1], signal.SIGTERM)
+    rc, out, err = job.finish()
+    assert rc == 75 and "abandoned" in out and newest(stopped) == 2, (out, err)
+    gate.unlink()
+    run(2, [*env_args, *args, "--resume", "auto"], stopped)
+    assert sha(stopped, 5) == sha(straight, 5)
