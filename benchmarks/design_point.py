@@ -17,7 +17,8 @@ them does in a generation, with the trainer's own functions:
   check       sha256 of the parameters (`params_digest`, every check_every)
   checkpoint  `checkpoint.save` + `prune` on rank 0 (every checkpoint_every)
   log         one CSV row on rank 0
-  allgatherv  `comm.gather_rows` of 1,024 x (6 + 2 obs_dim) float64, measured
+  allgatherv  `comm.gather_members` (the Allgather of row counts, the Allgatherv, the placing in
+              member order) of 1,024 x (6 + 2 obs_dim) float64, measured
               with 2 ranks under mpiexec and modelled for 64 ranks
 
 Compute pieces are timed with both the wall clock and the process CPU clock:

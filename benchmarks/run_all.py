@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["throughput.py", "node_split.py", "design_point.py", "scaling.py", "memory.py", "checkpoint_io.py", "bandwidth.py",
-           "cost_model.py", "many_ranks.py", "idle.py", "group_size.py"]
+SCRIPTS = ["throughput.py", "node_split.py", "design_point.py", "scaling.py", "memory.py", "checkpoint_io.py",
+           "bandwidth.py", "cost_model.py", "many_ranks.py", "idle.py", "group_size.py", "schedule.py"]
 
 
 def main() -> int:

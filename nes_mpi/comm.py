@@ -35,6 +35,33 @@ def gather_rows(comm: MPI.Comm, local: np.ndarray, n_total: int) -> np.ndarray:
     return out
 
 
+def gather_members(comm: MPI.Comm, local: np.ndarray, n_total: int, member_col: int,
+                   seconds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Allgatherv of member rows from whichever rank ran them, returned in member order.
+
+    Row i of `local` is member local[i, member_col]. Returns (every row, row m = member m; the rank
+    that ran each member; each rank's `seconds`). The rows are placed, not summed, so their bits
+    are the ones their rank computed, whatever the assignment of members to ranks.
+    """
+    local = np.ascontiguousarray(local, dtype=np.float64)
+    k = local.shape[1]
+    per_rank = np.empty((comm.size, 2))
+    comm.Allgather(np.array([len(local), seconds], dtype=np.float64), per_rank)
+    rows_of = per_rank[:, 0].astype(np.int64)
+    counts = rows_of * k
+    displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rows = np.empty((int(rows_of.sum()), k), dtype=np.float64)
+    comm.Allgatherv(local, [rows, counts, displs, MPI.DOUBLE])
+    idx = rows[:, member_col].astype(np.int64)
+    if len(idx) != n_total or not np.array_equal(np.bincount(idx, minlength=n_total), np.ones(n_total, np.int64)):
+        raise RuntimeError(f"members were not each run exactly once ({len(idx)} rows for {n_total} members)")
+    full = np.empty_like(rows)
+    full[idx] = rows
+    owner = np.empty(n_total, dtype=np.int64)
+    owner[idx] = np.repeat(np.arange(comm.size), rows_of)
+    return full, owner, per_rank[:, 1].copy()
+
+
 def params_digest(theta: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(theta).tobytes()).digest()
 

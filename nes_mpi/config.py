@@ -23,6 +23,7 @@ ACTIVATIONS = ("tanh", "relu", "elu", "selu", "sigmoid")
 POLICIES = ("mlp", "linear")
 OPTIMIZER_NAMES = ("adam", "sgd", "clipup", "gd")
 STRATEGY_NAMES = ("openai", "snes", "pgpe")
+SCHEDULES = ("dynamic", "static")
 # What "auto" (an unset option) means for each strategy: each paper's own choice.
 STRATEGY_DEFAULTS = {
     "openai": {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.005},
@@ -84,6 +85,9 @@ class Config:
     # failures
     fail_fraction: float = _f(0.5, "a generation fails when this fraction of its members failed, or every member of a rank")
     fail_generations: int = _f(3, "stop with an error after N failed generations in a row (0: never)")
+    # parallelism
+    schedule: str = _f("static", "members to ranks: static (fixed slices) or dynamic (a rank that is done takes unstarted "
+                       "members of slower ranks on its node); the results are the same bits", choices=SCHEDULES)
 
     def __post_init__(self):
         if self.env_kwargs is None:
@@ -126,6 +130,7 @@ class Config:
         need(self.fail_generations >= 0, f"--fail-generations must be >= 0 (got {self.fail_generations})")
         need(self.obs_clip > 0, f"--obs-clip must be > 0 (got {self.obs_clip})")
         need(self.noise_table_size >= 1 << 16, "--noise-table-size must be at least 65536")
+        need(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
         need(self.policy in POLICIES, f"--policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")
         need(self.activation in ACTIVATIONS, f"--activation must be one of {', '.join(ACTIVATIONS)}")
         need(self.optimizer in OPTIMIZER_NAMES, f"--optimizer must be one of {', '.join(OPTIMIZER_NAMES)}")
@@ -165,7 +170,7 @@ class Config:
 # Fields that may change when resuming without altering what the run computes.
 SAFE_ON_RESUME = {"generations", "timesteps", "eval_every", "eval_episodes", "log_every", "run_dir",
                   "checkpoint_every", "keep_checkpoints", "check_every", "tensorboard",
-                  "fail_fraction", "fail_generations"}
+                  "fail_fraction", "fail_generations", "schedule"}
 
 
 def _toml_value(v) -> str:

@@ -20,11 +20,12 @@ class FailureWatch:
     streak: int = 0
     first: int = -1
 
-    def observe(self, generation: int, failed: np.ndarray, slices: list[range]) -> str | None:
-        """Record generation `generation`'s failed flags (member order); the cause if the run must stop."""
+    def observe(self, generation: int, failed: np.ndarray, slices: list) -> str | None:
+        """Record generation `generation`'s failed flags (member order) and the members each rank ran
+        (`slices[r]`: indices); the cause if the run must stop."""
         failed = np.asarray(failed, dtype=bool)
         n, k = failed.size, int(failed.sum())
-        whole = [r for r, sl in enumerate(slices) if len(sl) >= 2 and failed[sl.start:sl.stop].all()]
+        whole = [r for r, sl in enumerate(slices) if len(sl) >= 2 and failed[np.asarray(sl, dtype=np.int64)].all()]
         if k < self.fraction * n and not whole:
             self.streak, self.first = 0, -1
             return None

@@ -136,6 +136,16 @@ class BatchPolicy:
             self.all_weights.append((np.ascontiguousarray(w), np.ascontiguousarray(bias)))
         self.weights = self.all_weights
 
+    def set_row(self, b: int, row: np.ndarray) -> None:
+        """Put one member's flat parameters into loaded row b (a slot that moves on to its next member)."""
+        pos = 0
+        for w, bias in self.all_weights:
+            n_out, n_in = w.shape[1:]
+            w[b] = row[pos : pos + n_in * n_out].reshape(n_out, n_in)
+            pos += n_in * n_out
+            bias[b] = row[pos : pos + n_out]
+            pos += n_out
+
     def select(self, rows=None) -> None:
         """Work on a subset of the loaded members from now on (None: all). Copies once, not per step."""
         if rows is None:

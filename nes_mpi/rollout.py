@@ -1,8 +1,10 @@
-"""Lockstep rollouts: B members stepped together, one batched policy forward per step.
+"""Lockstep rollouts: a group of slots stepped together, one batched policy forward per step.
 
-Each slot runs its member's episodes back to back; a slot whose member is done
-drops out of the batch. Everything a slot computes (return, steps, observation
-sums) depends only on its own parameters and episode seeds, never on the batch.
+Each slot runs one member's episodes back to back; when a member is done its slot
+takes the next member from `take` (a fixed list, or a queue shared with other
+ranks), and drops out of the batch once there is none. Everything a member
+computes (return, steps, observation sums) depends only on its own parameters and
+episode seeds, never on its slot or on the members beside it in the batch.
 This loop runs millions of times: per-slot state lives in Python lists, bound
 methods are looked up once, and per-step numpy work is done once for the batch.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -25,7 +28,8 @@ class RolloutResult:
     obs_sum: np.ndarray     # (B, obs_dim) float64 sum of raw observations fed to the policy
     obs_sumsq: np.ndarray   # (B, obs_dim) float64 sum of squares
     failed: np.ndarray      # (B,) bool: non-finite obs/reward/action or an exception in the simulator
-    errors: list            # (slot, message) of failures
+    errors: list            # (member, message) of failures
+    members: np.ndarray | None = None  # (B,) int64 the members of the rows, ascending
 
 
 def episode_seed(seed: int, generation: int, member: int, episode: int, stream: int = 0) -> int:
@@ -40,17 +44,41 @@ POLL_SECONDS = 0.05  # `poll` at most this often: a stop is heard at once, and c
 def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds: list[list[int]],
             obs_mean: np.ndarray, obs_std: np.ndarray, obs_clip: float,
             survival_bonus: float = 0.0, collect_obs: bool = True, poll=None) -> RolloutResult | None:
-    """Run len(seeds) members (row b of `params`, episodes seeded by seeds[b]) in lockstep.
+    """Run len(seeds) members (row b of `params`, episodes seeded by seeds[b]) in lockstep, one slot each.
 
+    Result row b, and the b of each error, is member b. See `rollout_stream` for the rest.
+    """
+    order = iter(range(len(seeds)))
+    return rollout_stream(envs[: len(seeds)], max_steps, policy, lambda failed, busy: next(order, None), lambda ms: params[ms],
+                          seeds.__getitem__, obs_mean, obs_std, obs_clip, survival_bonus, collect_obs, poll)
+
+
+def rollout_stream(envs, max_steps: int, policy: BatchPolicy, take: Callable[[int, int], int | None],
+                   params_for: Callable[[list[int]], np.ndarray], seeds_for: Callable[[int], list[int]],
+                   obs_mean: np.ndarray, obs_std: np.ndarray, obs_clip: float,
+                   survival_bonus: float = 0.0, collect_obs: bool = True, poll=None) -> RolloutResult | None:
+    """Run the members that `take(failed, busy)` hands out, len(envs) at a time in lockstep; a slot that
+    gets None retires. `failed`: how many of the members run so far failed; `busy`: how many are
+    running in the other slots (a queue may hand a failing rank less work, or a rank fewer slots).
+
+    Member m's parameters are params_for([m])[0] and its episodes are seeded by seeds_for(m).
+    The result has one row per member run, in ascending member order.
     The policy sees clip((obs - obs_mean) / obs_std, -obs_clip, obs_clip); obs_clip = inf skips the clip.
     `poll()` is called between lockstep steps, once POLL_SECONDS have passed since the last call;
     when it returns True the rollout is abandoned and None returned (a stop was requested: the
     generation's work is dropped). Reading the clock once per step costs a fraction of a microsecond.
     """
-    n = len(seeds)
-    policy.load(params)
-    discrete = policy.spec.discrete
+    first: list[int] = []
+    while len(first) < len(envs):
+        m = take(0, 0)  # the first batch is filled whatever the queue's pace
+        if m is None:
+            break
+        first.append(m)
+    n = len(first)
     obs_dim = obs_mean.shape[0]
+    if n:
+        policy.load(params_for(first))
+    discrete = policy.spec.discrete
     inv_std = (1.0 / obs_std).astype(np.float32)
     clip = math.isfinite(obs_clip)  # inf: raw observations (normalisation off), not even clipped
     lo, hi = np.float32(-obs_clip), np.float32(obs_clip)
@@ -59,6 +87,8 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
 
     # Per-slot state in plain lists; `cur` holds each slot's latest observation (zeros once it is done,
     # so the batch sums below add nothing for it and need no fancy indexing).
+    member = list(first)
+    seeds = [seeds_for(m) for m in first]
     cur = [zero] * n
     ep_return = [0.0] * n
     total_return = [0.0] * n
@@ -70,11 +100,14 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
     obs_sumsq = np.zeros((n, obs_dim))
     failed = [False] * n
     errors: list = []
+    done: list = []  # (member, total return, steps, obs sum, obs sum of squares, failed, episodes)
+    selected: list | bool | None = None  # the rows the policy's working weights were last cut to (None: all)
+    running = n  # slots that hold a member
 
     def fail(b, msg):
         failed[b] = True
         cur[b] = zero
-        errors.append((b, msg))
+        errors.append((member[b], msg))
 
     def reset(b):
         try:
@@ -87,8 +120,37 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
         ep_steps[b] = 0
         return True
 
-    active = [b for b in range(n) if reset(b)]
-    selected = None  # the rows the policy's working weights were last cut to (None: all)
+    def finish(b):
+        """Record slot b's member; a non-finite observation poisons only its own sums: fail that member."""
+        bad = failed[b]
+        s, q = obs_sum[b].copy(), obs_sumsq[b].copy()
+        if collect_obs and not bad and not (np.isfinite(s).all() and np.isfinite(q).all()):
+            bad = True
+            errors.append((member[b], "non-finite observation"))
+        done.append((member[b], total_return[b], steps[b] + (ep_steps[b] if bad else 0), s, q, bad, n_episodes[b]))
+
+    def advance(b) -> bool:
+        """Slot b's member is done: record it and start the next one; False when there is none."""
+        nonlocal selected, running
+        finish(b)
+        while (m := take(len(errors), running - 1)) is not None:
+            member[b], seeds[b] = m, seeds_for(m)
+            total_return[b] = 0.0
+            steps[b] = episode[b] = 0
+            n_episodes[b] = len(seeds[b])
+            failed[b] = False
+            obs_sum[b] = 0.0
+            obs_sumsq[b] = 0.0
+            policy.set_row(b, params_for([m])[0])
+            selected = False  # a selected copy of the weights is stale now
+            if reset(b):
+                return True
+            finish(b)
+        cur[b] = zero
+        running -= 1
+        return False
+
+    active = [b for b in range(n) if reset(b) or advance(b)]
     clock = time.monotonic
     next_poll = clock() + POLL_SECONDS if poll is not None else math.inf
     while active:
@@ -114,7 +176,9 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
         actions = policy(x)
         # python ints for Discrete (gymnasium's check is fastest on them), row views for Box
         rows_out = actions.tolist() if discrete else list(actions)
-        by_position = compact or len(active) == n  # row j belongs to active[j]; otherwise row b to member b
+        by_position = compact or len(active) == n  # row j belongs to active[j]; otherwise row b to slot b
+        still = []
+        restarted = []  # slots that moved on to their next member without a step
         if not np.isfinite(actions).all():  # NaN parameters or observations: never step with NaN actions
             finite = np.isfinite(actions).reshape(len(actions), -1).all(axis=1)
             pairs = []
@@ -124,19 +188,24 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
                     pairs.append((b, rows_out[row]))
                 else:
                     fail(b, "non-finite action")
+                    if advance(b):
+                        restarted.append(b)
         elif by_position:
             pairs = zip(active, rows_out)
         else:
             pairs = [(b, rows_out[b]) for b in active]
-        still = []
         for b, a in pairs:
             try:
                 o, r, terminated, truncated, _ = step_fn[b](a)
             except Exception as e:
                 fail(b, f"step raised {type(e).__name__}: {e}")
+                if advance(b):
+                    still.append(b)
                 continue
             if not math.isfinite(r):
                 fail(b, "non-finite reward")
+                if advance(b):
+                    still.append(b)
                 continue
             cur[b] = o
             ep_return[b] += r
@@ -146,30 +215,31 @@ def rollout(envs, max_steps: int, policy: BatchPolicy, params: np.ndarray, seeds
                 ep_steps[b] = 0  # counted in steps now; a later failure must not add it again
                 total_return[b] += ep_return[b]
                 episode[b] += 1
-                if episode[b] < n_episodes[b] and reset(b):
+                if (episode[b] < n_episodes[b] and reset(b)) or advance(b):
                     still.append(b)
-                else:
-                    cur[b] = zero
             else:
                 still.append(b)
-        active = still
+        active = sorted(still + restarted) if restarted else still  # ascending: row j of a full batch is slot j
+    return _result(done, errors, obs_dim, survival_bonus)
 
-    if collect_obs:  # a non-finite observation poisons only its own member's sums: fail that member
-        for b in np.flatnonzero(~np.isfinite(obs_sum).all(axis=1) | ~np.isfinite(obs_sumsq).all(axis=1)):
-            if not failed[b]:
-                failed[b] = True
-                errors.append((int(b), "non-finite observation"))
-    failed_arr = np.array(failed, dtype=bool)
-    n_eps = np.array(n_episodes, dtype=np.float64)
-    steps_arr = np.array(steps, dtype=np.int64) + np.where(failed_arr, np.array(ep_steps, dtype=np.int64), 0)
-    total = np.array(total_return)
+
+def _result(done: list, errors: list, obs_dim: int, survival_bonus: float) -> RolloutResult:
+    done.sort(key=lambda d: d[0])
+    k = len(done)
+    members = np.array([d[0] for d in done], dtype=np.int64)
+    total = np.array([d[1] for d in done], dtype=np.float64)
+    steps_arr = np.array([d[2] for d in done], dtype=np.int64)
+    obs_sum = np.array([d[3] for d in done], dtype=np.float64).reshape(k, obs_dim)
+    obs_sumsq = np.array([d[4] for d in done], dtype=np.float64).reshape(k, obs_dim)
+    failed_arr = np.array([d[5] for d in done], dtype=bool)
+    n_eps = np.array([d[6] for d in done], dtype=np.float64)
     returns = total / n_eps
     fitness = (total - survival_bonus * steps_arr) / n_eps
     fitness[failed_arr] = np.nan
     returns[failed_arr] = np.nan
     obs_sum[failed_arr] = 0.0
     obs_sumsq[failed_arr] = 0.0
-    return RolloutResult(returns, fitness, steps_arr, obs_sum, obs_sumsq, failed_arr, errors)
+    return RolloutResult(returns, fitness, steps_arr, obs_sum, obs_sumsq, failed_arr, errors, members)
 
 
 def obs_count(result: RolloutResult) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 DETERMINISTIC = ["generation", "timesteps", "episodes", "return_mean", "return_max", "return_min",
                  "eval_return", "eval_return_std", "failed_members", "grad_norm", "update_norm", "param_norm", "sigma_mean"]
 # ... and the ones that measure the machine.
-TIMING = ["gen_seconds", "steps_per_s", "wall_seconds", "idle_fraction"]
+TIMING = ["gen_seconds", "steps_per_s", "wall_seconds", "idle_fraction", "moved_members"]
 COLUMNS = DETERMINISTIC + TIMING
 INT_COLUMNS = {"generation", "timesteps", "episodes", "failed_members"}
 

@@ -1,8 +1,10 @@
 """The training loop: every rank runs this same program on its slice of the population.
 
-Per generation: build my members' parameters from (theta, generation, noise),
-roll them out, Allgatherv (fitness, return, steps, observation sums) in member
-order, then every rank applies the identical strategy update and statistics update.
+Per generation: roll out my members (my static slice, or with the dynamic schedule
+also unstarted members of slower ranks on my node), building each one's parameters
+from (theta, generation, noise); Allgatherv (member, fitness, return, steps,
+observation sums) and place the rows in member order; then every rank applies the
+identical strategy update and statistics update.
 The strategy's state (mean, sigma, optimizer moments: whatever it keeps) is an
 opaque dict here: the trainer passes it to ask/tell and to the checkpoint.
 """
@@ -21,21 +23,26 @@ from mpi4py import MPI
 
 from . import checkpoint as ckpt
 from .checkpoint import TrainState
-from .comm import SharedNoise, StopChannel, check_identical, gather_rows, member_range
+from .comm import SharedNoise, StopChannel, check_identical, gather_members, gather_rows, member_range
 from .config import SAFE_ON_RESUME, Config, ConfigError, strategy_options
 from .envs import make_env
 from .fault_policy import FailureWatch
 from .obs_norm import ObsNorm
 from .policy import BatchPolicy, PolicySpec, initial_params, spec_for
-from .rollout import RolloutResult, episode_seed, obs_count, rollout
+from .rollout import RolloutResult, episode_seed, obs_count, rollout, rollout_stream
 from .run_lock import RunDirBusy, RunLock
 from .runlog import RunLog, console_line
 from .signals import EXIT_PREEMPTED, StopRequest
 from .status import write_status
 from .strategies import make_strategy
+from .work_queue import work_for
 
 EVAL_STREAM = 1
 EXIT_ERROR = 1
+# Most members a rank steps in lockstep under the dynamic schedule (benchmarks/group_size.py: groups of 8
+# step as fast per CPU second as all 40 members); the rest of the node's members stay unstarted, free to
+# go to whichever rank is ready first.
+LOCKSTEP_GROUP = 8
 
 
 class StopFailed(RuntimeError):
@@ -78,7 +85,7 @@ def rank_list(ranks: list[int]) -> str:
 
 
 # The Allgatherv row of one member: these scalars, then its observation sums and sums of squares.
-ROW_FITNESS, ROW_RETURN, ROW_STEPS, ROW_FAILED, ROW_OBS_COUNT, ROW_ROLLOUT_SECONDS = range(6)
+ROW_FITNESS, ROW_RETURN, ROW_STEPS, ROW_FAILED, ROW_OBS_COUNT, ROW_MEMBER = range(6)
 ROW_SCALARS = 6
 
 
@@ -86,8 +93,8 @@ def row_doubles(obs_dim: int) -> int:
     return ROW_SCALARS + 2 * obs_dim
 
 
-def pack_rows(res: RolloutResult, rollout_seconds: float) -> np.ndarray:
-    """This rank's members as Allgatherv rows; each carries the rank's rollout time, for the idle fraction."""
+def pack_rows(res: RolloutResult) -> np.ndarray:
+    """The members this rank ran as Allgatherv rows; each carries its member index, which places it."""
     od = res.obs_sum.shape[1]
     local = np.empty((len(res.fitness), row_doubles(od)))
     local[:, ROW_FITNESS] = res.fitness
@@ -95,7 +102,7 @@ def pack_rows(res: RolloutResult, rollout_seconds: float) -> np.ndarray:
     local[:, ROW_STEPS] = res.steps
     local[:, ROW_FAILED] = res.failed
     local[:, ROW_OBS_COUNT] = obs_count(res)
-    local[:, ROW_ROLLOUT_SECONDS] = rollout_seconds
+    local[:, ROW_MEMBER] = res.members
     local[:, ROW_SCALARS : ROW_SCALARS + od] = res.obs_sum
     local[:, ROW_SCALARS + od :] = res.obs_sumsq
     return local
@@ -108,12 +115,16 @@ def pooled_obs(full: np.ndarray, obs_dim: int) -> tuple[int, np.ndarray, np.ndar
             full[:, lo + obs_dim :].sum(axis=0))
 
 
-def idle_fraction(rollout_seconds: np.ndarray, n_ranks: int) -> float:
+def idle_fraction(rank_seconds: np.ndarray) -> float:
     """1 - mean/max of the ranks' rollout times: the share of rollout time spent waiting for the slowest rank."""
-    n = len(rollout_seconds)
-    per_rank = rollout_seconds[[member_range(n, n_ranks, r).start for r in range(n_ranks)]]
-    slowest = per_rank.max()
-    return float(1 - per_rank.mean() / slowest) if slowest > 0 else 0.0
+    slowest = rank_seconds.max()
+    return float(1 - rank_seconds.mean() / slowest) if slowest > 0 else 0.0
+
+
+def moved_members(owner: np.ndarray, static_counts: np.ndarray) -> int:
+    """Members run beyond their rank's static share, summed over ranks (0 with static slices)."""
+    ran = np.bincount(owner, minlength=len(static_counts))
+    return int(np.maximum(ran - static_counts, 0).sum())
 
 
 @dataclass
@@ -303,6 +314,9 @@ class Trainer:
         cfg, comm = self.cfg, self.comm
         self.shared_noise = SharedNoise(comm, cfg.noise_table_size, cfg.seed)
         self.noise = self.shared_noise.noise_table(cfg.seed)
+        node = self.shared_noise.node if self.shared_noise.win is not None else None
+        self.work = work_for(cfg.schedule, comm, node, cfg.population, LOCKSTEP_GROUP)
+        self.static_counts = np.array([len(member_range(cfg.population, comm.size, r)) for r in range(comm.size)])
         try:
             self.strategy = make_strategy(cfg, self.noise, self.dim)
         except ValueError as e:
@@ -385,21 +399,24 @@ class Trainer:
 
     def step(self) -> dict:
         cfg, g = self.cfg, self.generation
-        members = list(self.members)
-        params = self.strategy.ask(self.sstate, g, members)
-        seeds = [[episode_seed(cfg.seed, g, m, e) for e in range(cfg.episodes_per_member)] for m in members]
+        sstate = self.sstate
         mean, std = self.obs_norm.mean_std()
         t_roll = time.perf_counter()
-        res = rollout(self.envs[: len(members)], self.max_steps, self.policy, params, seeds, mean, std,
-                      self.obs_norm.clip, cfg.survival_bonus, collect_obs=cfg.obs_norm, poll=self.channel.poll)
+        self.work.start(g)
+        res = rollout_stream(self.envs[: self.work.slots], self.max_steps, self.policy, self.work.take,
+                             lambda members: self.strategy.ask(sstate, g, members),
+                             lambda m: [episode_seed(cfg.seed, g, m, e) for e in range(cfg.episodes_per_member)],
+                             mean, std, self.obs_norm.clip, cfg.survival_bonus, collect_obs=cfg.obs_norm,
+                             poll=self.channel.poll)
         t_roll = time.perf_counter() - t_roll
         if self.channel.agree():  # every rank, whether its rollout finished or was cut short by a stop
             raise GenerationAbandoned
-        for slot, msg in res.errors:
-            print(f"nes_mpi: rank {self.comm.rank}: generation {g} member {members[slot]}: {msg}", file=sys.stderr, flush=True)
-        full = gather_rows(self.comm, pack_rows(res, t_roll), cfg.population)
+        for m, msg in res.errors:
+            print(f"nes_mpi: rank {self.comm.rank}: generation {g} member {m}: {msg}", file=sys.stderr, flush=True)
+        full, owner, rank_seconds = gather_members(self.comm, pack_rows(res), cfg.population, ROW_MEMBER, t_roll)
         fitness, returns, steps = full[:, ROW_FITNESS], full[:, ROW_RETURN], full[:, ROW_STEPS]
         self.last_failed = full[:, ROW_FAILED] > 0
+        self.ran_by = [np.flatnonzero(owner == r) for r in range(self.comm.size)]
         if cfg.obs_norm:
             self.obs_norm.update(*pooled_obs(full, self.spec.obs_dim))
         self.sstate, info = self.strategy.tell(self.sstate, g, fitness, self.update_part)
@@ -416,7 +433,8 @@ class Trainer:
             "failed_members": info.n_failed, "grad_norm": info.grad_norm, "update_norm": info.update_norm,
             "sigma_mean": info.sigma_mean,
             "param_norm": float(np.linalg.norm(self.theta)), "_steps": gen_steps,
-            "idle_fraction": idle_fraction(full[:, ROW_ROLLOUT_SECONDS], self.comm.size),
+            "idle_fraction": idle_fraction(rank_seconds),
+            "moved_members": moved_members(owner, self.static_counts),
         }
 
     # ---- checkpoints ------------------------------------------------------------------------
@@ -502,7 +520,6 @@ class Trainer:
             say(comm, console_line(row))
             self.update_best(ev)
         failures = FailureWatch(cfg.fail_fraction, cfg.fail_generations)
-        slices = [member_range(cfg.population, comm.size, r) for r in range(comm.size)]
         good = None
         while not self.finished():
             t0 = time.perf_counter()
@@ -522,7 +539,7 @@ class Trainer:
                 if before is not None:
                     self._restore_numerics(before)
                 return self._stop(last_saved, t0)
-            cause = failures.observe(g, self.last_failed, slices)
+            cause = failures.observe(g, self.last_failed, self.ran_by)
             if cause:
                 self.log.append(row)
                 self.stop_on_failures(good, cause)
@@ -617,6 +634,8 @@ class Trainer:
 
     def close(self):
         self.close_envs()
+        if hasattr(self, "work"):
+            self.work.free()
         if hasattr(self, "shared_noise"):
             self.shared_noise.free()
 

@@ -153,3 +153,17 @@ class DictObs(PointEnv):
     def __init__(self):
         super().__init__()
         self.observation_space = spaces.Dict({"x": spaces.Box(-np.inf, np.inf, (3,), np.float32)})
+
+
+class SlowOnRank1(PointEnv):
+    """PointEnv whose steps sleep `step_seconds` on MPI rank 1 only: a slow rank, not a slow member.
+    The dynamics, and so every number the run computes, are PointEnv's."""
+
+    def __init__(self, step_seconds: float = 0.002):
+        super().__init__()
+        self.step_seconds = step_seconds if os.environ.get("PMI_RANK") == "1" else 0.0
+
+    def step(self, action):
+        if self.step_seconds:
+            time.sleep(self.step_seconds)
+        return super().step(action)
