@@ -89,6 +89,8 @@ def main():
     ap.add_argument("--name", default=None, help="result name (default: preset[-STRATEGY unless openai][-seedN])")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra trainer options")
     ap.add_argument("--fresh", action="store_true", help="delete an existing run directory first")
+    ap.add_argument("--report-only", action="store_true",
+                    help="do not train: write the JSON and curve from the run directory as it stands")
     ap.add_argument("--until-targets", action="store_true",
                     help="stop the run (SIGUSR1: checkpoint, exit) once every target of its task is reached")
     args = ap.parse_args()
@@ -105,12 +107,16 @@ def main():
     mpiexec = shutil.which("mpiexec", path=str(bindir)) or "mpiexec"
     cmd = [mpiexec, "-n", str(args.ranks), sys.executable, "-m", "nes_mpi", "--config", args.preset,
            "--seed", str(args.seed), "--strategy", args.strategy, "--run-dir", str(run_dir), "--resume", "auto", "--log-every", "10", *extra]
-    print("running:", " ".join(cmd), flush=True)
+    if not args.report_only:
+        print("running:", " ".join(cmd), flush=True)
     t0 = time.time()
     from nes_mpi.config import load_toml
     env_id = load_toml(args.preset).get("env", "")
-    code, at_targets = run_until_targets(cmd, run_dir / "log.csv", TARGETS.get(env_id, []) if args.until_targets else [])
-    if code != 0 and not (at_targets and code == 75):
+    if args.report_only:
+        code, at_targets = 0, False
+    else:
+        code, at_targets = run_until_targets(cmd, run_dir / "log.csv", TARGETS.get(env_id, []) if args.until_targets else [])
+    if code not in (0, 75):  # 75: stopped by a signal, with a checkpoint to resume from
         sys.exit(code)
     rows = list(csv.DictReader(open(run_dir / "log.csv")))
     from nes_mpi.checkpoint import latest_good, load
@@ -132,7 +138,12 @@ def main():
         "wall_seconds": state.wall_seconds, "core_hours": state.wall_seconds * args.ranks / 3600,
         "best_eval_return": max(evals) if evals else None, "final_eval_return": evals[-1] if evals else None,
         "targets": reached, "config": state.config, "session_seconds": time.time() - t0,
-        "stopped_at_targets": at_targets, "curve": png.name,
+        "stopped_at_targets": at_targets,
+        # stopped before its budget with a target still open (a signal, or --report-only on a live or
+        # interrupted run): `learning.py` with the same arguments resumes it
+        "in_progress": not all(r["reached_at_timesteps"] is not None for r in reached)
+                       and state.timesteps < (state.config.get("timesteps") or float("inf"))
+                       and state.generation < state.config["generations"], "curve": png.name,
     })
     for r in reached:
         status = "MET" if r["met"] else "not met"

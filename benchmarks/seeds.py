@@ -29,6 +29,15 @@ def median(xs):
     return None if n == 0 else (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2)
 
 
+def status(row) -> str:
+    if row["met"]:
+        return "met"
+    if row["in_progress_seeds"]:  # not met yet, and some seed has budget left
+        so_far = ", ".join(f"{t / 1e6:.1f}" for t in row["timesteps_so_far"])
+        return f"in progress (at {so_far} M timesteps)"
+    return "not met"
+
+
 def main() -> int:
     groups = defaultdict(list)
     for p in sorted(RESULTS.glob("learning_*-seed*.json")):
@@ -49,6 +58,8 @@ def main() -> int:
                 "seeds": [r["seed"] for r in runs], "target": target["target"], "within_timesteps": within,
                 "reached_at_timesteps": reached, "median_timesteps": None if med == inf else med,
                 "met": med != inf, "best_eval_within_budget": best,
+                "in_progress_seeds": [r["seed"] for r in runs if r.get("in_progress")],
+                "timesteps_so_far": [r["timesteps"] for r in runs],
                 "core_hours": sum(r["core_hours"] for r in runs),
             })
         dirs = [str(RESULTS / "runs" / f"{group}-seed{r['seed']}") for r in runs]
@@ -65,7 +76,7 @@ def main() -> int:
         med = f"{r['median_timesteps'] / 1e6:.3f} M" if r["median_timesteps"] is not None else "not reached"
         best = ", ".join("—" if b is None else f"{b:,.0f}" for b in r["best_eval_within_budget"])
         print(f"| {r['env']} | {r['strategy']} | {r['target']:,} within {r['within_timesteps'] / 1e6:g} M | "
-              f"{len(r['seeds'])} | {med} | {rng} | {best} | {'met' if r['met'] else 'not met'} |")
+              f"{len(r['seeds'])} | {med} | {rng} | {best} | {status(r)} |")
     write_result("seeds", {"rows": rows})
     return 0
 
