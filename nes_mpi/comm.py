@@ -87,11 +87,17 @@ class StopChannel:
     """Spread a stop request to every rank while they are busy, and agree on it at one point per phase.
 
     A rank whose StopRequest is set sends one small message to every other rank, once (nonblocking);
-    every rank keeps one receive posted and tests it between lockstep steps (`poll`, about a
-    microsecond). `agree` is the collective after each rollout phase that turns "some rank asked"
-    into the same decision on every rank. It waits nonblockingly and keeps polling, so a rank that
-    finished its share early and is waiting still hears a signal and passes it on. `close` receives
-    every message still in flight, so no rank finalizes MPI with unmatched messages.
+    every rank probes for such messages between lockstep steps (`poll`, about a microsecond).
+    `agree` is the collective after each rollout phase that turns "some rank asked" into the same
+    decision on every rank. It waits nonblockingly and keeps polling, so a rank that finished its
+    share early and is waiting still hears a signal and passes it on. `close` receives every message
+    still in flight, so no rank finalizes MPI with unmatched messages.
+
+    Messages are found with Iprobe and then received from their sender, never by a receive posted in
+    advance with ANY_SOURCE: with MPICH 5.0 (UCX netmod) such a receive, pending while collectives
+    run, let messages from another node sit unmatched for good once one from the same node had
+    arrived, and every rank then waited in `close` forever (4 ranks on two real SLURM nodes, and
+    under MPIR_CVAR_NUM_CLIQUES=2, when all of them got the signal).
     """
 
     def __init__(self, comm: MPI.Comm, stop):
@@ -102,10 +108,17 @@ class StopChannel:
         self.received = 0
         self.sends: list = []
         self.inbox = np.zeros(1, dtype=np.int64)
-        self.recv = self._post()
 
-    def _post(self):
-        return self.comm.Irecv(self.inbox, source=MPI.ANY_SOURCE, tag=STOP_TAG)
+    def _receive(self) -> bool:
+        """Receive one stop message if one has arrived."""
+        status = MPI.Status()
+        if not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=STOP_TAG, status=status):
+            return False
+        self.comm.Recv(self.inbox, source=status.Get_source(), tag=STOP_TAG)
+        self.received += 1
+        if self.heard_from is None:
+            self.heard_from = int(self.inbox[0])
+        return True
 
     def poll(self) -> bool:
         """True once a stop is requested here or on any rank that has told us; tells the others once."""
@@ -116,12 +129,7 @@ class StopChannel:
             self.sends = [self.comm.Isend(mine, dest=r, tag=STOP_TAG) for r in range(self.comm.size) if r != self.comm.rank]
             self.told = True
             return True
-        if self.recv.Test():
-            self.received += 1
-            self.heard_from = int(self.inbox[0])
-            self.recv = self._post()
-            return True
-        return False
+        return self._receive()
 
     def agree(self) -> bool:
         """Collective: True on every rank if any rank had a stop request by the time it got here."""
@@ -145,11 +153,8 @@ class StopChannel:
         told = self.comm.allgather(self.told)
         expected = sum(told) - int(self.told)
         while self.received < expected:
-            self.recv.Wait()
-            self.received += 1
-            self.recv = self._post()
-        self.recv.Cancel()
-        self.recv.Wait()
+            if not self._receive():
+                time.sleep(0.0002)
         MPI.Request.Waitall(self.sends)
         self.comm.Free()
 

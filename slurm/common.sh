@@ -49,7 +49,7 @@ nes_shm_remove() {
     local f=$1
     [[ -f $f && -O $f ]] || return 0
     grep -qsF -- "$f" /proc/[0-9]*/maps && return 0
-    rm -f -- "$f" && nes_log "removed stale MPICH shared memory $f"
+    rm -f -- "$f" && nes_log "removed stale MPICH shared memory $f${NES_NODE:+ on $NES_NODE}"
 }
 
 # nes_shm_clean_job: segments named after this job's srun steps.
@@ -135,18 +135,29 @@ nes_on_term() {
     fi
 }
 
-# nes_check_nodes: a multi-node run needs its run directory and interpreter on
-# storage every node sees; one task per node checks, and the job stops with one
-# line naming the nodes where they are not usable.
-nes_check_nodes() {
+# nes_prepare_nodes: before each launch, on every node of the job, remove this job's
+# stale MPICH segments from the node's /dev/shm (a killed rank leaves them on its own
+# node, which the batch shell of a multi-node job cannot see). A multi-node run also
+# needs its run directory and interpreter on storage every node sees: one task per
+# node checks both, and the job stops with one line naming the nodes where they are
+# not usable.
+nes_prepare_nodes() {
     local nodes=${SLURM_JOB_NUM_NODES:-1} python report bad
-    ((nodes > 1)) || return 0
+    if ((nodes <= 1)); then
+        nes_shm_clean_job
+        return 0
+    fi
     python=$(command -v "$NES_PYTHON") || python=$NES_PYTHON
+    # Each task prints its cleanup's lines, then "ok NODE" or "bad NODE".
     # shellcheck disable=SC2016 # expanded by the bash on each node
     report=$(srun --nodes="$nodes" --ntasks="$nodes" --ntasks-per-node=1 --mpi=none --kill-on-bad-exit=0 \
-        bash -c 's=bad; [[ -d $1 && -w $1 ]] && "$2" -c "import nes_mpi" 2>/dev/null && s=ok; echo "$s ${SLURMD_NODENAME:-$(hostname)}"' \
-        _ "$NES_RUN_DIR" "$python")
-    bad=$(grep -v '^ok ' <<<"$report" | sed 's/^bad //' | tr '\n' ' ')
+        bash -c "$(declare -f nes_log nes_fnv1a nes_shm_remove nes_shm_clean_job)"'
+            NES_NODE=${SLURMD_NODENAME:-$(hostname)} NES_SHM_STEPS=$3
+            nes_shm_clean_job
+            s=bad; [[ -d $1 && -w $1 ]] && "$2" -c "import nes_mpi" 2>/dev/null && s=ok; echo "$s $NES_NODE"' \
+        _ "$NES_RUN_DIR" "$python" "$NES_SHM_STEPS")
+    grep -v '^\(ok\|bad\) ' <<<"$report" | grep .
+    bad=$(grep '^bad ' <<<"$report" | sed 's/^bad //' | sort | tr '\n' ' ')
     if [[ $(grep -c '^ok ' <<<"$report") -ne $nodes ]]; then
         nes_log "error: run dir $NES_RUN_DIR or interpreter $python (with nes_mpi) not usable on" \
             "${bad:-some nodes}: a multi-node run needs both on storage that every node sees"
@@ -203,8 +214,7 @@ nes_train() {
     trap 'nes_on_usr1' USR1
     trap 'nes_on_term' TERM
 
-    nes_check_nodes
-    nes_shm_clean_job
+    nes_prepare_nodes
     "${cmd[@]}" &
     NES_PID=$!
     local rc

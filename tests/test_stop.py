@@ -163,16 +163,23 @@ def resume_and_compare(run: Path, straight: Path, env_args: list[str]) -> None:
 
 
 @pytest.mark.parametrize("phase,target,sig", [("train", "rank 1", signal.SIGTERM), ("train", "all ranks", signal.SIGUSR1),
-                                               ("eval", "rank 1", signal.SIGUSR1)])
+                                               ("eval", "rank 1", signal.SIGUSR1),
+                                               ("train", "all ranks on 2 nodes", signal.SIGUSR1)])
 def test_a_stop_does_not_wait_for_a_long_generation(tmp_path, mpiexec, straight, jobs, phase, target, sig):
     """The generation in progress (~100 s) is abandoned: its start state is checkpointed within seconds,
     exit 75 on every rank, and resuming reproduces the straight run bit for bit (the update was not applied,
-    or, when the stop lands in the evaluation after the update, was undone)."""
+    or, when the stop lands in the evaluation after the update, was undone).
+
+    "all ranks on 2 nodes" is what srun does with the time-limit warning on a multi-node job: 4 ranks on 2
+    emulated nodes all get it, so every rank hears from ranks on its own node and on the other one (with a
+    receive posted in advance with ANY_SOURCE, the other node's messages were never matched: all ranks hung)."""
     run = tmp_path / "run"
     gate = tmp_path / "gate"
     # generation 3's rollouts take 100 s, or its evaluation (after the update) 50 s; the others are fast
     env_args = slow_generation(gate, 3, phase)
-    job = Job([*env_args, *BASE, "--generations", "6", "--eval-every", "3", "--eval-episodes", "4", "--run-dir", run], 2)
+    ranks, env = (4, {"MPIR_CVAR_NUM_CLIQUES": "2"}) if target.endswith("2 nodes") else (2, None)
+    job = Job([*env_args, *BASE, "--generations", "6", "--eval-every", "3", "--eval-episodes", "4", "--run-dir", run],
+              ranks, env=env)
     jobs.append(job)
     pids = job.wait_ranks()
     job.wait_for(lambda: logged_generations(run) >= 3, "generation 2")  # rows: the evaluation at 0, generations 1, 2

@@ -75,10 +75,25 @@ def test_sbatch_headers():
 # ------------------------------------------------------- scripts against stand-ins
 LAUNCHER_STUB = r"""#!/bin/bash
 # stand-in for srun/mpiexec: log the call, then behave as STUB_MODE says
-printf '%s %s\n' "$(basename "$0")" "$*" >>"$STUB_LOG"
+args=$*
+printf '%s %s\n' "$(basename "$0")" "${args//$'\n'/\\n}" >>"$STUB_LOG"  # one line per call
 for f in ${STUB_SHM_WATCH:-}; do [[ -e $f ]] && echo "at launch: $f" >>"$STUB_LOG"; done
 for f in ${STUB_SHM_NEW:-}; do : >"$f" && touch -d '-1 min' "$f"; done  # segments "our ranks" leave
-if [[ $* == *--mpi=none* ]]; then printf '%b' "${STUB_NODE_REPORT:-}"; exit 0; fi  # the per-node check
+if [[ $* == *--mpi=none* ]]; then  # the per-node step of a multi-node job
+    # STUB_NODES: run it once per emulated node, in a mount namespace of its own when
+    # STUB_SETUP_<node> has mounts for it; else print STUB_NODE_REPORT
+    [[ -n ${STUB_NODES:-} ]] || { printf '%b' "${STUB_NODE_REPORT:-}"; exit 0; }
+    while [[ $1 == --* ]]; do shift; done
+    for node in $STUB_NODES; do
+        setup=STUB_SETUP_$node
+        if [[ -n ${!setup:-} ]]; then
+            SLURMD_NODENAME=$node unshare -m bash -c "${!setup}"' && exec "$@"' _ "$@"
+        else
+            SLURMD_NODENAME=$node "$@"
+        fi
+    done
+    exit 0
+fi
 case ${STUB_MODE:-exit} in
     exit) exit "${STUB_RC:-0}" ;;
     wait)
@@ -399,3 +414,52 @@ def test_multinode_checks_every_node(stubs, report, ok):
         lines = [ln for ln in out.splitlines() if "error:" in ln]
         assert len(lines) == 1 and "not usable on" in lines[0], out
         assert ("on n2 :" in lines[0]) == (report != ""), lines
+
+
+def mount_namespaces() -> bool:
+    """Whether an emulated node can get mounts of its own (`unshare -m`, needs root)."""
+    try:
+        return subprocess.run(["unshare", "-m", "true"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+needs_mount_ns = pytest.mark.skipif(not mount_namespaces(),
+                                    reason="needs `unshare -m` (root) to give an emulated node its own mounts")
+
+
+@pytest.mark.parametrize("n2_lacks", [None, pytest.param("writable run dir", marks=needs_mount_ns),
+                                      pytest.param("interpreter", marks=needs_mount_ns)])
+def test_multinode_check_runs_on_every_node(stubs, n2_lacks):
+    # the script's own per-node check, run once per emulated node; on n2 the run dir is
+    # mounted read-only, or the interpreter's directory is hidden under an empty tmpfs
+    setup = {None: "", "writable run dir": f"mount --bind -o ro {stubs.run_dir} {stubs.run_dir}",
+             "interpreter": f"mount -t tmpfs none {stubs.tmp / 'bin'}"}[n2_lacks]
+    rc, calls, out = stubs("train_multinode.sbatch", STUB_RC=0, SLURM_JOB_NUM_NODES=2, STUB_NODES="n1 n2",
+                           STUB_SETUP_n2=setup)
+    if n2_lacks is None:
+        assert rc == 0 and calls[1].startswith("srun --mpi=pmi2 "), (calls, out)
+        return
+    assert rc == 2 and len(calls) == 1, (calls, out)
+    lines = [ln for ln in out.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and "not usable on n2 :" in lines[0], out
+
+
+@needs_mount_ns
+def test_multinode_stale_segments_are_removed_on_every_node(stubs, shm):
+    # Ranks killed on both nodes leave a segment in each node's own /dev/shm (node index
+    # 0 and 1 in the name; the job's second step, after the per-node check). The batch
+    # shell runs on the first node only; n2's /dev/shm is a directory of its own here.
+    jobid = shm.jobid
+    on_n1 = shm(segment(f"{jobid}.1", 0).name)
+    n2_shm = stubs.tmp / "n2_shm"
+    n2_shm.mkdir()
+    name_n2 = segment(f"{jobid}.1", 1).name
+    (n2_shm / name_n2).write_bytes(b"\0" * 4096)
+    rc, calls, out = stubs("train_multinode.sbatch", STUB_RC=0, SLURM_JOB_ID=jobid, SLURM_JOB_NUM_NODES=2,
+                           STUB_NODES="n1 n2", STUB_SETUP_n2=f"mount --bind {n2_shm} /dev/shm")
+    assert rc == 0 and calls[1].startswith("srun --mpi=pmi2 "), (calls, out)
+    assert not on_n1.exists() and not (n2_shm / name_n2).exists(), out
+    assert f"removed stale MPICH shared memory {on_n1} on n1" in out, out
+    assert f"removed stale MPICH shared memory /dev/shm/{name_n2} on n2" in out, out

@@ -42,6 +42,13 @@ RUN = {"NES_ENV": "CartPole-v1", "NES_GENERATIONS": "300", "NES_POPULATION": "8"
        "NES_SEED": "3", "NES_CHECKPOINT_EVERY": "25"}
 SMALL = {"NES_ENV": "CartPole-v1", "NES_GENERATIONS": "12", "NES_POPULATION": "8",
          "NES_CHECKPOINT_EVERY": "4"}
+# Where a test's run goes: train.sbatch on one node, or train_multinode.sbatch on the test
+# cluster's two nodes (make test-slurm), two ranks each.
+TWO_NODES_UP = int(os.environ.get("NES_SLURM_NODES", "1")) >= 2
+needs_two_nodes = pytest.mark.skipif(
+    not TWO_NODES_UP, reason="needs the two-node test cluster: NES_SLURM_NODES=2, as `make test-slurm` sets it")
+ONE_NODE = ("train.sbatch", ("--ntasks=2",))
+TWO_NODES = ("train_multinode.sbatch", ("-N2", "--ntasks-per-node=2"))
 # Generations longer than the test cluster's KillWait (5 s): 40 HalfCheetah episodes
 # of 1,000 steps on 2 ranks, ~12 s per generation on this machine when idle.
 LONG = {"NES_ENV": "HalfCheetah-v5", "NES_GENERATIONS": "3", "NES_POPULATION": "40", "NES_SEED": "5",
@@ -161,9 +168,22 @@ def interrupt_batch_when(jobid: str, run_dir: Path, generation: int, cwd: Path):
 
 
 def job_pids(jobid: str) -> list[int]:
-    """Every process of a running job (batch shell, launcher, ranks): `scontrol listpids`."""
-    out = sh("scontrol", "listpids", jobid, check=False)
-    return [int(f[0]) for f in (ln.split() for ln in out.splitlines()[1:]) if f and f[0].isdigit()]
+    """Every process of a running job (batch shell, launcher, ranks) on each of its nodes:
+    `scontrol listpids JOB NODE` (without NODE it asks only one slurmd of this host, n1's)."""
+    pids = []
+    for node in sh("scontrol", "show", "hostnames", job(jobid)["NodeList"]).split():
+        out = sh("scontrol", "listpids", jobid, node, check=False)
+        pids += [int(f[0]) for f in (ln.split() for ln in out.splitlines()[1:]) if f and f[0].isdigit()]
+    return pids
+
+
+TABLE_LINE = re.compile(r"noise table: (\d+) cop(?:y|ies) of [\d.]+ MiB on (\d+) node\(s\) \(ranks ([^;]+); owners ([^;)]+)")
+
+
+def noise_tables(out: str) -> list[tuple[int, int, str, str]]:
+    """(copies, nodes, ranks per node, owners) from each start-up line of the trainer: the
+    ranks sharing each node's window and the ranks whose memory holds a copy, as measured."""
+    return [(int(c), int(n), ranks, owners) for c, n, ranks, owners in TABLE_LINE.findall(out)]
 
 
 def requeue_when(jobid: str, run_dir: Path, generation: int, cwd: Path, kill_first: bool):
@@ -206,15 +226,19 @@ def test_train_completes(reference):
     assert jobs_log(run_dir)[-1].endswith("exit=0")
 
 
-@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
-def test_time_limit_signal_requeues_and_resumes(reference, tmp_path, launcher):
+@pytest.mark.parametrize("launcher,where", [
+    ("srun", ONE_NODE), ("mpiexec", ONE_NODE), pytest.param("srun", TWO_NODES, marks=needs_two_nodes)],
+    ids=["srun", "mpiexec", "srun-2nodes"])
+def test_time_limit_signal_requeues_and_resumes(reference, tmp_path, launcher, where):
     """USR1 to the batch shell -> checkpoint, exit 75, requeue, resume -> the same
-    parameters as the uninterrupted run."""
+    parameters as the uninterrupted run (2 ranks on one node). On two nodes (4 ranks) each
+    session of the run also holds exactly one noise table per node."""
     ref_rec, ref_dir, _ = reference
     ref = final_info(ref_dir, int(RUN["NES_GENERATIONS"]), ref_dir.parent)
     run_dir = tmp_path / "run"
     settings = {**RUN, "NES_RUN_DIR": str(run_dir), "NES_LAUNCHER": launcher}
-    jobid = sbatch("train.sbatch", tmp_path, settings, "--ntasks=2")
+    script, options = where
+    jobid = sbatch(script, tmp_path, settings, *options)
     interrupt_batch_when(jobid, run_dir, 40, tmp_path)
     rec = wait_done(jobid, tmp_path)[0]
     assert_state(rec, "COMPLETED", "0:0", tmp_path)
@@ -224,6 +248,9 @@ def test_time_limit_signal_requeues_and_resumes(reference, tmp_path, launcher):
     out = outputs(tmp_path)
     assert "SIGUSR1" in out and "requeueing" in out
     meta = final_info(run_dir, int(RUN["NES_GENERATIONS"]), tmp_path)
+    if where == TWO_NODES:
+        assert meta["n_ranks"] == 4 and "on n[1-2], 4 tasks" in out, out
+        assert noise_tables(out) == [(2, 2, "0-1 | 2-3", "0,2")] * 2, out
     assert meta["timesteps"] == ref["timesteps"]
     assert meta["params_sha256"] == ref["params_sha256"], "resumed run diverged from the uninterrupted one"
 
@@ -339,32 +366,39 @@ def long_reference(slurm_cluster, tmp_path_factory) -> dict:
     return final_info(run_dir, int(LONG["NES_GENERATIONS"]), cwd, env=LONG["NES_ENV"])
 
 
-@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
-def test_slurm_requeue_during_a_long_generation(long_reference, tmp_path, launcher):
+@pytest.mark.parametrize("launcher,where", [
+    ("srun", ONE_NODE), ("mpiexec", ONE_NODE), pytest.param("srun", TWO_NODES, marks=needs_two_nodes)],
+    ids=["srun", "mpiexec", "srun-2nodes"])
+def test_slurm_requeue_during_a_long_generation(long_reference, tmp_path, launcher, where):
     """SLURM's own requeue in the middle of a generation longer than KillWait.
 
-    srun: every process of the job is SIGKILLed first (the end of KillWait), so the ranks
-    leave MPICH's segment /dev/shm/mpich_shm_<hash of "<job id>.0">_0 behind, and the
-    requeued job -- same id, step ids from 0 again -- would open it and fail in MPI_Init;
-    the script removes it before it launches. mpiexec: the requeue alone; the script
-    reports the requeue. Both end with the uninterrupted run's parameters."""
+    srun: every process of the job, on every node, is SIGKILLed first (the end of
+    KillWait), so the ranks leave MPICH's segment /dev/shm/mpich_shm_<hash of "<job
+    id>.<step>">_<node> behind on each node, and the requeued job -- same id, step ids
+    from 0 again -- would open it and fail in MPI_Init; the script removes it on every
+    node before it launches. On two nodes the ranks run in step 1 (step 0 is the
+    per-node check). mpiexec: the requeue alone; the script reports the requeue. All end
+    with the uninterrupted run's parameters (2 ranks on one node)."""
     run_dir = tmp_path / "run"
     settings = {**LONG, "NES_RUN_DIR": str(run_dir), "NES_LAUNCHER": launcher}
-    jobid = sbatch("train.sbatch", tmp_path, settings, "--ntasks=2")
+    script, options = where
+    jobid = sbatch(script, tmp_path, settings, *options)
     killed = launcher == "srun"
     requeue_when(jobid, run_dir, 1, tmp_path, kill_first=killed)
-    stale = segment(f"{jobid}.0")
+    stale = [segment(f"{jobid}.0")] if where == ONE_NODE else [segment(f"{jobid}.1", n) for n in (0, 1)]
     if killed:
-        assert stale.exists(), f"the killed ranks left no {stale}: nothing stale to start with"
+        assert all(p.exists() for p in stale), f"the killed ranks left no {stale}: nothing stale to start with"
     rec = wait_done(jobid, tmp_path, timeout=600)[0]
     assert_state(rec, "COMPLETED", "0:0", tmp_path)
     assert rec["Restarts"] == "1", outputs(tmp_path)
     out = outputs(tmp_path)
     if killed:
-        assert f"removed stale MPICH shared memory {stale}" in out, out
+        assert all(f"removed stale MPICH shared memory {p}" in out for p in stale), out
     else:
         assert "SLURM is requeueing this job" in out and "not requeueing" not in out, out
-    assert not stale.exists()
+    if where == TWO_NODES:
+        assert noise_tables(out) == [(2, 2, "0-1 | 2-3", "0,2")] * 2, out
+    assert not any(p.exists() for p in stale)
     meta = final_info(run_dir, int(LONG["NES_GENERATIONS"]), tmp_path, env=LONG["NES_ENV"])
     assert meta["timesteps"] == long_reference["timesteps"]
     assert meta["params_sha256"] == long_reference["params_sha256"], "requeued run diverged"
@@ -389,26 +423,61 @@ def test_scancel_during_a_long_generation_leaves_a_checkpoint(slurm_cluster, tmp
     assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
 
 
-def test_multinode_two_nodes_bitwise_equal_to_one_rank(slurm_cluster, tmp_path):
-    """The test cluster's two nodes (two slurmd on this host, tests/slurm/cluster.sh):
-    `srun -N2 --mpi=pmi2` gives MPICH two node-local groups, and train_multinode.sbatch
-    with -N2 --ntasks-per-node=2 (after its per-node check of the run dir and the
-    interpreter) completes with parameters bitwise equal to a 1-rank run."""
-    if int(os.environ.get("NES_SLURM_NODES", "1")) < 2:
-        pytest.skip("needs the two-node test cluster: NES_SLURM_NODES=2, as `make test-slurm` sets it")
-    probe = ("from mpi4py import MPI; import os; w = MPI.COMM_WORLD; "
-             "print(w.rank, w.Split_type(MPI.COMM_TYPE_SHARED).size, os.environ['SLURMD_NODENAME'])")
-    out = sh("srun", "-N2", "--ntasks-per-node=2", "--mpi=pmi2", PYTHON, "-c", probe, cwd=tmp_path, timeout=120)
-    rows = sorted(tuple(ln.split()) for ln in out.splitlines() if ln[:1].isdigit())
-    assert rows == [("0", "2", "n1"), ("1", "2", "n1"), ("2", "2", "n2"), ("3", "2", "n2")], out
-    run_dir = tmp_path / "run"
-    settings = {**SMALL, "NES_SEED": "7", "NES_RUN_DIR": str(run_dir)}
-    jobid = sbatch("train_multinode.sbatch", tmp_path, settings, "-N2", "--ntasks-per-node=2")
-    assert_state(wait_done(jobid, tmp_path)[0], "COMPLETED", "0:0", tmp_path)
-    meta = final_info(run_dir, int(SMALL["NES_GENERATIONS"]), tmp_path)
-    assert meta["n_ranks"] == 4 and "on n[1-2], 4 tasks" in outputs(tmp_path)
-    one = tmp_path / "one"
+@pytest.fixture(scope="session")
+def one_rank_small(tmp_path_factory) -> dict:
+    """`info` of the final checkpoint of SMALL (seed 7) run by one rank, without SLURM."""
+    one = tmp_path_factory.mktemp("one_rank") / "run"
     sh(PYTHON, "-m", "nes_mpi", "--env", "CartPole-v1", "--generations", SMALL["NES_GENERATIONS"],
        "--population", SMALL["NES_POPULATION"], "--seed", "7", "--checkpoint-every", SMALL["NES_CHECKPOINT_EVERY"],
        "--run-dir", str(one), timeout=300)
-    assert meta["params_sha256"] == final_info(one, int(SMALL["NES_GENERATIONS"]), tmp_path)["params_sha256"]
+    return final_info(one, int(SMALL["NES_GENERATIONS"]), one.parent)
+
+
+@needs_two_nodes
+@pytest.mark.parametrize("options,ranks,tables", [
+    (("-N2", "--ntasks-per-node=2"), [("0", "2", "n1"), ("1", "2", "n1"), ("2", "2", "n2"), ("3", "2", "n2")],
+     (2, 2, "0-1 | 2-3", "0,2")),
+    # uneven and interleaved: ranks 0 and 2 on n1, rank 1 alone on n2
+    # (--ntasks-per-node=2 overrides the script's 32, which these 2-CPU nodes cannot take)
+    (("-N2", "-n3", "--ntasks-per-node=2", "--distribution=cyclic"),
+     [("0", "2", "n1"), ("1", "1", "n2"), ("2", "2", "n1")],
+     (2, 2, "0,2 | 1", "0-1")),
+], ids=["2+2", "2+1-cyclic"])
+def test_multinode_two_nodes_bitwise_equal_to_one_rank(slurm_cluster, one_rank_small, tmp_path, options, ranks,
+                                                       tables):
+    """The test cluster's two nodes (two slurmd on this host, tests/slurm/cluster.sh):
+    `srun --mpi=pmi2` with the same layout gives MPICH one node-local group per node, and
+    train_multinode.sbatch (after its per-node check of the run dir and the interpreter)
+    completes with exactly one noise table per node, as the trainer measured it, and
+    parameters bitwise equal to a 1-rank run."""
+    probe = ("from mpi4py import MPI; import os; w = MPI.COMM_WORLD; "
+             "print(w.rank, w.Split_type(MPI.COMM_TYPE_SHARED).size, os.environ['SLURMD_NODENAME'])")
+    out = sh("srun", *options, "--mpi=pmi2", PYTHON, "-c", probe, cwd=tmp_path, timeout=120)
+    rows = sorted(tuple(ln.split()) for ln in out.splitlines() if ln[:1].isdigit())
+    assert rows == ranks, out
+    run_dir = tmp_path / "run"
+    settings = {**SMALL, "NES_SEED": "7", "NES_RUN_DIR": str(run_dir)}
+    jobid = sbatch("train_multinode.sbatch", tmp_path, settings, *options)
+    assert_state(wait_done(jobid, tmp_path)[0], "COMPLETED", "0:0", tmp_path)
+    meta = final_info(run_dir, int(SMALL["NES_GENERATIONS"]), tmp_path)
+    out = outputs(tmp_path)
+    assert meta["n_ranks"] == len(ranks) and f"on n[1-2], {len(ranks)} tasks" in out, out
+    assert noise_tables(out) == [tables], out
+    assert meta["params_sha256"] == one_rank_small["params_sha256"]
+
+
+@needs_two_nodes
+def test_multinode_unusable_interpreter_fails_with_one_line(slurm_cluster, tmp_path):
+    """An interpreter path that does not hold on the nodes: the per-node check stops the
+    job before any rank starts, with one line naming both nodes; exit 2, no requeue."""
+    run_dir = tmp_path / "run"
+    settings = {**SMALL, "NES_RUN_DIR": str(run_dir), "NES_PYTHON": "/nonexistent/bin/python"}
+    jobid = sbatch("train_multinode.sbatch", tmp_path, settings, "-N2", "--ntasks-per-node=1")
+    rec = wait_done(jobid, tmp_path, timeout=120)[0]
+    assert_state(rec, "FAILED", "2:0", tmp_path)
+    assert rec["Restarts"] == "0"
+    out = outputs(tmp_path)
+    errors = [ln for ln in out.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1, out
+    assert "interpreter /nonexistent/bin/python (with nes_mpi) not usable on n1 n2 :" in errors[0], out
+    assert "command: srun" in out and not checkpoints(run_dir)
