@@ -34,20 +34,27 @@ TARGETS = {
 }
 
 
-def _rank_pids(group: int) -> list[int]:
-    """The trainer's ranks in mpiexec's process group (not mpiexec or its proxies)."""
-    pids = []
+def _rank_pids(root: int) -> list[int]:
+    """The trainer's ranks among the descendants of mpiexec `root` (MPICH's proxies start each in its own
+    session, so the process group does not find them)."""
+    children: dict[int, list[int]] = {}
+    cmds: dict[int, list[bytes]] = {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
-            stat = (p / "stat").read_text().rsplit(")", 1)[1].split()
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmds[int(p.name)] = (p / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(stat[2]) == group and b"nes_mpi" in cmd and not any(b"mpiexec" in c or b"hydra" in c for c in cmd[:1]):
-            pids.append(int(p.name))
-    return pids
+        children.setdefault(ppid, []).append(int(p.name))
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        if b"nes_mpi" in cmds.get(pid, []) and b"hydra" not in cmds[pid][0]:
+            found.append(pid)
+    return found
 
 
 def run_until_targets(cmd, log_csv: Path, targets) -> tuple[int, bool]:
