@@ -55,6 +55,8 @@ def main() -> int:
             best = [r["targets"][i]["best_eval_within_budget"] for r in runs]
             rows.append({
                 "group": group, "env": runs[0]["env"], "strategy": runs[0]["strategy"],
+                # benchmarks/one_config/*.toml: the trainer's defaults, only the task and budget set
+                "config": "defaults" if "one_config" in str(runs[0]["preset"]) else "preset",
                 "seeds": [r["seed"] for r in runs], "target": target["target"], "within_timesteps": within,
                 "reached_at_timesteps": reached, "median_timesteps": None if med == inf else med,
                 "met": med != inf, "best_eval_within_budget": best,
@@ -65,8 +67,8 @@ def main() -> int:
         dirs = [str(RESULTS / "runs" / f"{group}-seed{r['seed']}") for r in runs]
         subprocess.call([sys.executable, "-m", "nes_mpi", "plot", *dirs, "-o", str(RESULTS / f"seeds_{group}.png"),
                          "--title", f"{runs[0]['env']} {runs[0]['strategy']}, seeds {', '.join(str(r['seed']) for r in runs)}"])
-    print("| task | strategy | target | seeds | median timesteps to target | range | best within budget (per seed) | met |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| task | config | strategy | target | seeds | median timesteps to target | range | best within budget (per seed) | met |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         hit = [t for t in r["reached_at_timesteps"] if t is not None and t <= r["within_timesteps"]]
         rng = f"{min(hit) / 1e6:.3f}–{max(hit) / 1e6:.3f} M" if hit else "—"
@@ -75,7 +77,7 @@ def main() -> int:
             rng += f" ({missed} of {len(r['seeds'])} not within budget)"
         med = f"{r['median_timesteps'] / 1e6:.3f} M" if r["median_timesteps"] is not None else "not reached"
         best = ", ".join("—" if b is None else f"{b:,.0f}" for b in r["best_eval_within_budget"])
-        print(f"| {r['env']} | {r['strategy']} | {r['target']:,} within {r['within_timesteps'] / 1e6:g} M | "
+        print(f"| {r['env']} | {r['config']} | {r['strategy']} | {r['target']:,} within {r['within_timesteps'] / 1e6:g} M | "
               f"{len(r['seeds'])} | {med} | {rng} | {best} | {status(r)} |")
     write_result("seeds", {"rows": rows})
     return 0
