@@ -1,6 +1,8 @@
 """The pure core (shaping, noise, gradient estimate, optimizers, policy, config) without MPI."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -237,6 +239,16 @@ def test_every_shipped_preset_is_a_valid_config():
         for strategy in ("openai", "snes", "pgpe"):
             cfg = Config.from_dict(strategy_options({**load_toml(name), "strategy": strategy})).validate()
             assert cfg.env.endswith(("-v1", "-v5")) and cfg.timesteps > 0 and cfg.strategy == strategy
+
+
+def test_one_config_files_set_only_the_task_and_its_budget():
+    """benchmarks/one_config: the README's "one configuration" rows are the trainer's defaults."""
+    files = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "one_config").glob("*.toml"))
+    assert len(files) >= 4
+    for f in files:
+        data = load_toml(f)
+        assert set(data) == {"env", "timesteps", "generations"}, f
+        Config.from_dict(data).validate()
 
 
 def test_strategy_tables_and_auto_defaults(tmp_path):
