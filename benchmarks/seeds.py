@@ -10,6 +10,7 @@ band over seeds) to benchmarks/results/seeds_<preset>[-<strategy>].png with `nes
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_result  # noqa: E402
 
+STRATEGIES = ("openai", "snes", "pgpe")
 NAME = re.compile(r"^learning_(?P<group>.+)-seed(?P<seed>\d+)\.json$")
 
 
@@ -79,8 +81,55 @@ def main() -> int:
         best = ", ".join("—" if b is None else f"{b:,.0f}" for b in r["best_eval_within_budget"])
         print(f"| {r['env']} | {r['config']} | {r['strategy']} | {r['target']:,} within {r['within_timesteps'] / 1e6:g} M | "
               f"{len(r['seeds'])} | {med} | {rng} | {best} | {status(r)} |")
-    write_result("seeds", {"rows": rows})
+    comparison = compare_strategies(groups)
+    write_result("seeds", {"rows": rows, "strategy_comparison": comparison})
     return 0
+
+
+def _log(group: str, seed: int) -> list[tuple[int, float]]:
+    """(timesteps, evaluation return) of every evaluation in runs/GROUP-seedS/log.csv."""
+    with open(RESULTS / "runs" / f"{group}-seed{seed}" / "log.csv") as f:
+        return [(int(r["timesteps"]), float(r["eval_return"])) for r in csv.DictReader(f) if r["eval_return"]]
+
+
+def compare_strategies(groups) -> list[dict]:
+    """The strategies side by side on each task, at equal timesteps: over the seeds every strategy has, the
+    best evaluation within a common window (the shortest run that was not stopped early at its targets) and
+    when each target was first reached. Prints one markdown table."""
+    by_env = defaultdict(dict)
+    for group, runs in groups.items():
+        if "one_config" not in str(runs[0]["preset"]):
+            by_env[runs[0]["env"]][runs[0]["strategy"]] = (group, runs)
+    out = []
+    print("\n| task | seeds | window | " + " | ".join(f"{s}: best within window; target reached at" for s in STRATEGIES) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in STRATEGIES) + " |")
+    for env, strategies in sorted(by_env.items()):
+        if len(strategies) < 2:
+            continue
+        seeds = sorted(set.intersection(*(set(r["seed"] for r in runs) for _, runs in strategies.values())))
+        if not seeds:
+            continue
+        runs_of = {s: {r["seed"]: r for r in runs} for s, (_, runs) in strategies.items()}
+        full = [runs_of[s][k]["timesteps"] for s in strategies for k in seeds if not runs_of[s][k].get("stopped_at_targets")]
+        window = min(full) if full else max(runs_of[s][k]["timesteps"] for s in strategies for k in seeds)
+        row = {"env": env, "seeds": seeds, "window_timesteps": window, "strategies": {}}
+        cells = []
+        for s in STRATEGIES:
+            if s not in strategies:
+                cells.append("not run")
+                continue
+            group = strategies[s][0]
+            bests, reach = [], []
+            for k in seeds:
+                evals = _log(group, k)
+                bests.append(max([e for t, e in evals if t <= window] or [float("nan")]))
+                reach.append([r["reached_at_timesteps"] for r in runs_of[s][k]["targets"]])
+            row["strategies"][s] = {"group": group, "best_within_window": bests, "targets_reached_at": reach}
+            first = ", ".join("/".join("—" if t is None else f"{t / 1e6:.2f}" for t in per) for per in zip(*reach))
+            cells.append(f"{median(bests):,.0f} ({', '.join(f'{b:,.0f}' for b in bests)}); {first} M")
+        out.append(row)
+        print(f"| {env} | {', '.join(map(str, seeds))} | {window / 1e6:.2f} M | " + " | ".join(cells) + " |")
+    return out
 
 
 if __name__ == "__main__":
