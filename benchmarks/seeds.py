@@ -10,7 +10,6 @@ band over seeds) to benchmarks/results/seeds_<preset>[-<strategy>].png with `nes
 """
 from __future__ import annotations
 
-import csv
 import json
 import re
 import subprocess
@@ -19,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, write_result  # noqa: E402
+from common import RESULTS, read_log, write_result  # noqa: E402
 
 STRATEGIES = ("openai", "snes", "pgpe")
 NAME = re.compile(r"^learning_(?P<group>.+)-seed(?P<seed>\d+)\.json$")
@@ -88,8 +87,8 @@ def main() -> int:
 
 def _log(group: str, seed: int) -> list[tuple[int, float]]:
     """(timesteps, evaluation return) of every evaluation in runs/GROUP-seedS/log.csv."""
-    with open(RESULTS / "runs" / f"{group}-seed{seed}" / "log.csv") as f:
-        return [(int(r["timesteps"]), float(r["eval_return"])) for r in csv.DictReader(f) if r["eval_return"]]
+    return [(int(r["timesteps"]), float(r["eval_return"]))
+            for r in read_log(RESULTS / "runs" / f"{group}-seed{seed}") if r["eval_return"]]
 
 
 def compare_strategies(groups) -> list[dict]:
