@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, write_result  # noqa: E402
+from common import RESULTS, machine_info, write_result  # noqa: E402
 
 # (task, target return, within timesteps, reference)
 TARGETS = {
@@ -81,6 +82,36 @@ def run_until_targets(cmd, log_csv: Path, targets) -> tuple[int, bool]:
     return proc.returncode, stopped
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _progress(run_dir: Path) -> tuple[int, int, float]:
+    """(generation, timesteps, wall seconds) of the run's newest good checkpoint, zeros for a new run."""
+    from nes_mpi.checkpoint import latest_good, load
+    path = latest_good(run_dir)[0] if run_dir.exists() else None
+    if path is None:
+        return 0, 0, 0.0
+    state = load(path)
+    return state.generation, state.timesteps, state.wall_seconds
+
+
+def _sessions(json_path: Path, before: tuple[int, int, float]) -> list[dict]:
+    """The sessions recorded by earlier invocations. A run older than this record gets one entry for what it
+    had done before, at the ranks its JSON names (an upper bound if it changed rank counts on the way)."""
+    if not json_path.exists():
+        return []
+    old = json.loads(json_path.read_text())
+    if "sessions" in old:
+        return [x for x in old["sessions"] if x["generations"][1] <= before[0]]
+    if before[0] == 0:
+        return []
+    ranks = old.get("ranks", 1)
+    return [{"started": None, "commit": None, "ranks": ranks, "generations": [0, before[0]],
+             "timesteps": [0, before[1]], "wall_seconds": before[2], "core_hours": before[2] * ranks / 3600,
+             "note": "before sessions were recorded"}]
+
+
 def first_reach(rows, target):
     for r in rows:
         if r["eval_return"] and float(r["eval_return"]) >= target:
@@ -118,6 +149,9 @@ def main():
     if not args.report_only:
         print("running:", " ".join(cmd), flush=True)
     t0 = time.time()
+    started = _now()
+    from nes_mpi.checkpoint import latest_good, load
+    before = _progress(run_dir)
     from nes_mpi.config import load_toml
     env_id = load_toml(args.preset).get("env", "")
     if args.report_only:
@@ -127,8 +161,15 @@ def main():
     if code not in (0, 75):  # 75: stopped by a signal, with a checkpoint to resume from
         sys.exit(code)
     rows = list(csv.DictReader(open(run_dir / "log.csv")))
-    from nes_mpi.checkpoint import latest_good, load
     state = load(latest_good(run_dir)[0])
+    sessions = _sessions(RESULTS / f"learning_{name}.json", before)
+    machine = machine_info()
+    if not args.report_only and state.generation > before[0]:
+        sessions.append({"started": started, "commit": machine["git_commit"], "ranks": args.ranks,
+                         "generations": [before[0], state.generation], "timesteps": [before[1], state.timesteps],
+                         "wall_seconds": state.wall_seconds - before[2],
+                         "core_hours": (state.wall_seconds - before[2]) * args.ranks / 3600,
+                         "versions": {k: machine[k] for k in ("mujoco", "gymnasium", "numpy", "mpi")}})
     env = state.config["env"]
     evals = [float(r["eval_return"]) for r in rows if r["eval_return"]]
     reached = []
@@ -143,10 +184,14 @@ def main():
     write_result(f"learning_{name}", {
         "command": "python benchmarks/learning.py " + " ".join(sys.argv[1:]), "env": env, "preset": args.preset,
         "strategy": state.config.get("strategy", "openai"), "seed": args.seed, "ranks": args.ranks, "generations": state.generation, "timesteps": state.timesteps,
-        "wall_seconds": state.wall_seconds, "core_hours": state.wall_seconds * args.ranks / 3600,
+        "wall_seconds": state.wall_seconds,
+        "core_hours": sum(x["core_hours"] for x in sessions) if sessions else state.wall_seconds * args.ranks / 3600,
+        # one entry per invocation that trained: a run continued over sessions, or moved between rank counts,
+        # is one run (exact resume), and its core-hours are the sum of each session's wall time x its ranks
+        "sessions": sessions,
         "best_eval_return": max(evals) if evals else None, "final_eval_return": evals[-1] if evals else None,
         "targets": reached, "config": state.config, "session_seconds": time.time() - t0,
-        "stopped_at_targets": at_targets,
+        "stopped_at_targets": at_targets, "machine": machine,
         # stopped before its budget with a target still open (a signal, or --report-only on a live or
         # interrupted run): `learning.py` with the same arguments resumes it
         "in_progress": not all(r["reached_at_timesteps"] is not None for r in reached)
