@@ -36,6 +36,14 @@ import numpy as np  # noqa: E402
 import schedule  # noqa: E402
 
 
+def ranks_at(learning: dict, generation: int) -> int:
+    """The ranks generation `generation` ran on: from the run's recorded sessions, else the JSON's ranks."""
+    for s in learning.get("sessions", []):
+        if s["generations"][0] < generation <= s["generations"][1]:
+            return s["ranks"]
+    return learning["ranks"]
+
+
 def idle_fraction(mean_len: float, ranks: int, members: int, sample: np.ndarray, overhead: float) -> float:
     """Idle share of a generation whose episodes average `mean_len` steps, by the schedule model."""
     lengths = np.clip(np.round(sample * mean_len / sample.mean()), 1, common.EPISODE_STEPS)
@@ -55,16 +63,17 @@ def main() -> int:
     rows = list(csv.DictReader(open(run / "log.csv")))
     learning = json.loads((common.RESULTS / f"learning_{a.name}.json").read_text())
     cfg = learning["config"]
-    pop, budget, ranks_run = cfg["population"], cfg.get("timesteps") or 0, learning["ranks"]
+    pop, budget = cfg["population"], cfg.get("timesteps") or 0
     gens = []
     prev_t, prev_e = 0, 0
     for r in rows[1:]:
-        t, e = int(r["timesteps"]), int(r["episodes"])
-        gens.append({"steps": t - prev_t, "episodes": e - prev_e, "seconds": float(r["gen_seconds"])})
+        t, e, g = int(r["timesteps"]), int(r["episodes"]), int(r["generation"])
+        gens.append({"steps": t - prev_t, "episodes": e - prev_e, "seconds": float(r["gen_seconds"]),
+                     "ranks": ranks_at(learning, g)})
         prev_t, prev_e = t, e
     steps = sum(g["steps"] for g in gens)
-    seconds = sum(g["seconds"] for g in gens)
-    c = seconds * ranks_run / steps  # seconds per member-step on one core, all included
+    core_seconds = sum(g["seconds"] * g["ranks"] for g in gens)
+    c = core_seconds / steps  # seconds per member-step on one core, all included
     sj = json.loads((common.RESULTS / "schedule.json").read_text())
     sample = np.array(sj["model_64_ranks"]["Humanoid-v5 (from scratch)"]["member_steps"], dtype=float)
     overhead = sj["model_64_ranks"]["Humanoid-v5 (from scratch)"]["overhead_in_env_steps"]
@@ -79,9 +88,9 @@ def main() -> int:
     result = {"benchmark": "forecast", "command": f"python benchmarks/forecast.py {a.name}", "run": a.name,
               "env": learning["env"], "population": pop, "generations": len(gens), "timesteps": steps,
               "budget_timesteps": budget, "in_progress": learning.get("in_progress", False),
-              "core_hours_here": seconds * ranks_run / 3600, "seconds_per_member_step_here": c,
+              "core_hours_here": core_seconds / 3600, "seconds_per_member_step_here": c,
               "machine": common.machine_info(), "at": {}}
-    print(f"{a.name}: {len(gens)} generations, {steps / 1e6:.2f} M timesteps, {seconds * ranks_run / 3600:.2f} core-hours "
+    print(f"{a.name}: {len(gens)} generations, {steps / 1e6:.2f} M timesteps, {core_seconds / 3600:.2f} core-hours "
           f"here ({c * 1e6:.0f} us per member-step on one core)")
     for p in a.ranks:
         m = max(1, math.ceil(pop / p))
