@@ -149,7 +149,7 @@ def main():
     if not args.report_only:
         print("running:", " ".join(cmd), flush=True)
     t0 = time.time()
-    started = _now()
+    started, at_start = _now(), machine_info()  # the code and libraries this session trains with
     from nes_mpi.checkpoint import latest_good, load
     before = _progress(run_dir)
     from nes_mpi.config import load_toml
@@ -165,11 +165,11 @@ def main():
     sessions = _sessions(RESULTS / f"learning_{name}.json", before)
     machine = machine_info()
     if not args.report_only and state.generation > before[0]:
-        sessions.append({"started": started, "commit": machine["git_commit"], "ranks": args.ranks,
+        sessions.append({"started": started, "commit": at_start["git_commit"], "ranks": args.ranks,
                          "generations": [before[0], state.generation], "timesteps": [before[1], state.timesteps],
                          "wall_seconds": state.wall_seconds - before[2],
                          "core_hours": (state.wall_seconds - before[2]) * args.ranks / 3600,
-                         "versions": {k: machine[k] for k in ("mujoco", "gymnasium", "numpy", "mpi")}})
+                         "versions": {k: at_start[k] for k in ("mujoco", "gymnasium", "numpy", "mpi")}})
     env = state.config["env"]
     evals = [float(r["eval_return"]) for r in rows if r["eval_return"]]
     reached = []
