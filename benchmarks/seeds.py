@@ -39,6 +39,13 @@ def status(row) -> str:
     return "not met"
 
 
+def config_kind(preset: str) -> str:
+    """benchmarks/one_config/*.toml: the trainer's defaults, only the task and budget set ("defaults");
+    benchmarks/variants/*.toml: a candidate for a preset ("variant"); else a shipped preset."""
+    preset = str(preset)
+    return "defaults" if "one_config" in preset else "variant" if "variants" in preset else "preset"
+
+
 def main() -> int:
     groups = defaultdict(list)
     for p in sorted(RESULTS.glob("learning_*-seed*.json")):
@@ -56,8 +63,7 @@ def main() -> int:
             best = [r["targets"][i]["best_eval_within_budget"] for r in runs]
             rows.append({
                 "group": group, "env": runs[0]["env"], "strategy": runs[0]["strategy"],
-                # benchmarks/one_config/*.toml: the trainer's defaults, only the task and budget set
-                "config": "defaults" if "one_config" in str(runs[0]["preset"]) else "preset",
+                "config": config_kind(runs[0]["preset"]),
                 "seeds": [r["seed"] for r in runs], "target": target["target"], "within_timesteps": within,
                 "reached_at_timesteps": reached, "median_timesteps": None if med == inf else med,
                 "met": med != inf, "best_eval_within_budget": best,
@@ -97,7 +103,7 @@ def compare_strategies(groups) -> list[dict]:
     when each target was first reached. Prints one markdown table."""
     by_env = defaultdict(dict)
     for group, runs in groups.items():
-        if "one_config" not in str(runs[0]["preset"]):
+        if config_kind(runs[0]["preset"]) == "preset":
             by_env[runs[0]["env"]][runs[0]["strategy"]] = (group, runs)
     out = []
     print("\n| task | seeds | window | " + " | ".join(f"{s}: best within window; target reached at" for s in STRATEGIES) + " |")
