@@ -163,7 +163,6 @@ def main():
     rows = list(csv.DictReader(open(run_dir / "log.csv")))
     state = load(latest_good(run_dir)[0])
     sessions = _sessions(RESULTS / f"learning_{name}.json", before)
-    machine = machine_info()
     if not args.report_only and state.generation > before[0]:
         sessions.append({"started": started, "commit": at_start["git_commit"], "ranks": args.ranks,
                          "generations": [before[0], state.generation], "timesteps": [before[1], state.timesteps],
@@ -191,7 +190,7 @@ def main():
         "sessions": sessions,
         "best_eval_return": max(evals) if evals else None, "final_eval_return": evals[-1] if evals else None,
         "targets": reached, "config": state.config, "session_seconds": time.time() - t0,
-        "stopped_at_targets": at_targets, "machine": machine,
+        "stopped_at_targets": at_targets, "machine": at_start,
         # stopped before its budget with a target still open (a signal, or --report-only on a live or
         # interrupted run): `learning.py` with the same arguments resumes it
         "in_progress": not all(r["reached_at_timesteps"] is not None for r in reached)
