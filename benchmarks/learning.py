@@ -82,10 +82,6 @@ def run_until_targets(cmd, log_csv: Path, targets) -> tuple[int, bool]:
     return proc.returncode, stopped
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
 def _progress(run_dir: Path) -> tuple[int, int, float]:
     """(generation, timesteps, wall seconds) of the run's newest good checkpoint, zeros for a new run."""
     from nes_mpi.checkpoint import latest_good, load
@@ -149,7 +145,7 @@ def main():
     if not args.report_only:
         print("running:", " ".join(cmd), flush=True)
     t0 = time.time()
-    started, at_start = _now(), machine_info()  # the code and libraries this session trains with
+    at_start = machine_info()  # the date, code and libraries this session trains with
     from nes_mpi.checkpoint import latest_good, load
     before = _progress(run_dir)
     from nes_mpi.config import load_toml
@@ -164,7 +160,7 @@ def main():
     state = load(latest_good(run_dir)[0])
     sessions = _sessions(RESULTS / f"learning_{name}.json", before)
     if not args.report_only and state.generation > before[0]:
-        sessions.append({"started": started, "commit": at_start["git_commit"], "ranks": args.ranks,
+        sessions.append({"started": at_start["date"], "commit": at_start["git_commit"], "ranks": args.ranks,
                          "generations": [before[0], state.generation], "timesteps": [before[1], state.timesteps],
                          "wall_seconds": state.wall_seconds - before[2],
                          "core_hours": (state.wall_seconds - before[2]) * args.ranks / 3600,
