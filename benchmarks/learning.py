@@ -120,7 +120,7 @@ def main():
     ap.add_argument("preset")
     ap.add_argument("--ranks", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--strategy", default="openai", help="--strategy of the trainer (openai, snes, pgpe)")
+    ap.add_argument("--strategy", default=None, help="--strategy of the trainer (openai, snes, pgpe; default: the preset's)")
     ap.add_argument("--name", default=None, help="result name (default: preset[-STRATEGY unless openai][-seedN])")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra trainer options")
     ap.add_argument("--fresh", action="store_true", help="delete an existing run directory first")
@@ -129,6 +129,9 @@ def main():
     ap.add_argument("--until-targets", action="store_true",
                     help="stop the run (SIGUSR1: checkpoint, exit) once every target of its task is reached")
     args = ap.parse_args()
+    if args.strategy is None:
+        from nes_mpi.config import load_toml
+        args.strategy = load_toml(args.preset).get("strategy", "openai")
     name = args.name or (args.preset + ("" if args.strategy == "openai" else f"-{args.strategy}")
                          + ("" if args.seed == 0 else f"-seed{args.seed}"))
     run_dir = RESULTS / "runs" / name

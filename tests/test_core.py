@@ -241,6 +241,14 @@ def test_every_shipped_preset_is_a_valid_config():
             assert cfg.env.endswith(("-v1", "-v5")) and cfg.timesteps > 0 and cfg.strategy == strategy
 
 
+def test_a_preset_strategy_brings_its_own_defaults_and_the_command_line_overrides_it():
+    """cartpole.toml sets strategy = "snes": its [openai] learning rate must not leak into snes."""
+    snes = Config.from_dict(strategy_options(load_toml("cartpole"))).validate()
+    assert (snes.strategy, snes.optimizer, snes.lr) == ("snes", "gd", 1.0)
+    openai = Config.from_dict(strategy_options(merge_options(load_toml("cartpole"), {"strategy": "openai"}))).validate()
+    assert (openai.strategy, openai.optimizer, openai.lr) == ("openai", "adam", 0.01)
+
+
 def test_one_config_files_set_only_the_task_and_its_budget():
     """benchmarks/one_config: the README's "one configuration" rows are the trainer's defaults."""
     files = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "one_config").glob("*.toml"))
