@@ -23,12 +23,13 @@ ACTIVATIONS = ("tanh", "relu", "elu", "selu", "sigmoid")
 POLICIES = ("mlp", "linear")
 OPTIMIZER_NAMES = ("adam", "sgd", "clipup", "gd")
 STRATEGY_NAMES = ("openai", "snes", "pgpe")
+SHAPING_NAMES = ("ranks", "utilities", "zscore")
 SCHEDULES = ("dynamic", "static")
 # What "auto" (an unset option) means for each strategy: each paper's own choice.
 STRATEGY_DEFAULTS = {
-    "openai": {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.005},
-    "snes": {"optimizer": "gd", "lr": 1.0, "weight_decay": 0.0},
-    "pgpe": {"optimizer": "clipup", "lr": 0.04, "weight_decay": 0.0},  # lr: sigma sqrt(d) / 36 at the defaults
+    "openai": {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.005, "shaping": "ranks"},
+    "snes": {"optimizer": "gd", "lr": 1.0, "weight_decay": 0.0, "shaping": "utilities"},
+    "pgpe": {"optimizer": "clipup", "lr": 0.04, "weight_decay": 0.0, "shaping": "ranks"},  # lr: sigma sqrt(d) / 36 at the defaults
 }
 
 
@@ -70,6 +71,9 @@ class Config:
                              "(auto: openai 0.005, snes and pgpe 0)", kind=float)
     sigma_lr: float = _f(0.0, "learning rate of sigma (0: snes (3 + ln d) / (5 sqrt d), pgpe 0.1)")
     sigma_max_change: float = _f(0.2, "pgpe: largest relative change of sigma per generation")
+    shaping: str = _f(None, "fitness shaping: ranks (centered ranks), utilities (NES utility values), zscore (returns "
+                      "standardised over the generation, as ARS) (auto: openai and pgpe ranks, snes utilities)", kind=str,
+                      choices=SHAPING_NAMES)
     top_directions: float = _f(1.0, "fraction of antithetic directions kept, best first, averaged over the members kept (ARS V1-t/V2-t on ranks); 1: all")
     seed: int = _f(0, "the one common seed: noise, offsets and episode seeds derive from it")
     noise_table_size: int = _f(1 << 25, "normals in the shared noise table (float32, one copy per node)")
@@ -134,6 +138,7 @@ class Config:
         need(self.policy in POLICIES, f"--policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")
         need(self.activation in ACTIVATIONS, f"--activation must be one of {', '.join(ACTIVATIONS)}")
         need(self.optimizer in OPTIMIZER_NAMES, f"--optimizer must be one of {', '.join(OPTIMIZER_NAMES)}")
+        need(self.shaping in SHAPING_NAMES, f"--shaping must be one of {', '.join(SHAPING_NAMES)} (got {self.shaping!r})")
         need(all(h >= 1 for h in self.hidden_sizes), f"--hidden-sizes must be positive (got {self.hidden_sizes})")
         need(isinstance(self.env_kwargs, dict), "--env-kwargs must be a JSON object")
         need(not self.tensorboard or importlib.util.find_spec("tensorboard") is not None,

@@ -1,7 +1,8 @@
-"""Fitness shaping: turn raw returns into rank-based utilities.
+"""Fitness shaping: turn a generation's returns into the utilities the update weighs noise by.
 
 Centered ranks (Salimans et al. 2017) make the update invariant to any monotone
 transform of the returns, so one outlier episode cannot dominate a generation.
+Standardised returns (ARS, Mania et al. 2018) keep the size of return differences.
 """
 from __future__ import annotations
 
@@ -68,3 +69,25 @@ def nes_utilities(fitness: np.ndarray) -> np.ndarray:
     if values.size < n:  # average over ties
         u = (np.bincount(inverse, weights=u) / np.bincount(inverse))[inverse]
     return u
+
+
+def standardized(fitness: np.ndarray) -> np.ndarray:
+    """The returns as z-scores, (F - mean) / std over the generation (population std).
+
+    With antithetic pairs a direction's weight is then (F+ - F-) / std: ARS's step
+    (Mania et al. 2018), which divides each return difference by the returns' standard
+    deviation. Unlike ranks, a member twice as far ahead pulls twice as hard; the update
+    is invariant only to affine transforms of the returns. All tied: all zero.
+    """
+    fitness = np.asarray(fitness, dtype=np.float64).ravel()
+    if fitness.size < 2:
+        return np.zeros(fitness.size)
+    centered = fitness - fitness.mean()
+    std = float(np.sqrt(np.mean(centered**2)))
+    if not std > 0 or not np.isfinite(std):
+        return np.zeros(fitness.size)
+    return centered / std
+
+
+# --shaping: the name a config uses for each shaping.
+SHAPINGS = {"ranks": centered_ranks, "utilities": nes_utilities, "zscore": standardized}

@@ -88,6 +88,8 @@ OPTION_SETS = {
                                          "--episodes-per-member", "2", "--no-obs-norm", "--population", "8"],
     "cartpole-discrete-no-antithetic": ["--env", "CartPole-v1", "--no-antithetic", "--population", "7"],
     "user-env-sgd": ["--env", "faulty_envs:PointEnv", "--optimizer", "sgd", "--population", "6"],
+    "zscore-shaping-plain-steps": ["--env", "Hopper-v5", "--shaping", "zscore", "--optimizer", "gd", "--lr", "0.0003",
+                                   "--population", "8"],
 }
 SMALL = ["--max-episode-steps", "60", "--hidden-sizes", "16,16", "--eval-every", "2", "--eval-episodes", "3",
          "--noise-table-size", str(1 << 20), "--checkpoint-every", "2"]

@@ -249,6 +249,18 @@ def test_a_preset_strategy_brings_its_own_defaults_and_the_command_line_override
     assert (openai.strategy, openai.optimizer, openai.lr) == ("openai", "adam", 0.01)
 
 
+def test_shaping_is_each_papers_unless_set_and_reaches_the_strategy():
+    from nes_mpi.shaping import centered_ranks, nes_utilities, standardized
+    from nes_mpi.strategies import make_strategy
+    assert [Config.from_dict({"strategy": s}).shaping for s in ("openai", "snes", "pgpe")] == ["ranks", "utilities", "ranks"]
+    cfg = Config.from_dict({"shaping": "zscore", "optimizer": "gd", "lr": 3e-4}).validate()
+    assert make_strategy(cfg, TABLE, 5).shaping is standardized
+    assert make_strategy(Config.from_dict({"strategy": "snes"}), TABLE, 5).shaping is nes_utilities
+    assert make_strategy(Config.from_dict({}), TABLE, 5).shaping is centered_ranks
+    with pytest.raises(ConfigError, match="--shaping must be one of ranks, utilities, zscore"):
+        Config.from_dict({"shaping": "raw"}).validate()
+
+
 def test_one_config_files_set_only_the_task_and_its_budget():
     """benchmarks/one_config: the README's "one configuration" rows are the trainer's defaults."""
     files = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "one_config").glob("*.toml"))

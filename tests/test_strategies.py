@@ -12,7 +12,7 @@ import pytest
 
 from nes_mpi.noise import NoiseTable, make_table
 from nes_mpi.optimizers import GD, Adam, ClipUp
-from nes_mpi.shaping import centered_ranks, nes_utilities
+from nes_mpi.shaping import SHAPINGS, centered_ranks, nes_utilities, standardized
 from nes_mpi.strategies import PGPE, SNES, OpenAIES, Sampling
 
 TABLE = NoiseTable(make_table(1 << 18, 5), 5)
@@ -151,3 +151,30 @@ def test_shaping_is_injectable():
     assert not np.array_equal(base.gradient(0, f)[0], alt.gradient(0, f)[0])
     np.testing.assert_array_equal(base.gradient(0, f)[0], OpenAIES(sampling(6, 8), 0.1, GD(1.0),
                                                                     shaping=centered_ranks).gradient(0, f)[0])
+
+
+def test_standardized_returns_are_z_scores_invariant_to_affine_maps_only():
+    f = np.array([3.0, -1.0, 10.0, 2.0, 2.0, 7.5])
+    z = standardized(f)
+    assert z.mean() == pytest.approx(0.0, abs=1e-12) and np.sqrt(np.mean(z**2)) == pytest.approx(1.0)
+    np.testing.assert_allclose(standardized(4.0 * f - 30.0), z, rtol=1e-12, atol=1e-12)
+    assert z[3] == z[4]  # ties share a utility
+    assert not np.allclose(standardized(np.exp(f / 5)), z)  # a monotone but not affine map changes them
+    assert np.array_equal(standardized(np.full(5, 7.0)), np.zeros(5)) and standardized(np.array([1.0])).tolist() == [0.0]
+    assert set(SHAPINGS) == {"ranks", "utilities", "zscore"}
+
+
+def test_openai_with_zscore_shaping_takes_the_ars_step_by_hand():
+    """ARS (Mania et al. 2018, V1 with b = N): theta += alpha / (N sigma_R) sum_k (r+_k - r-_k) delta_k, sigma_R the
+    std of the 2N returns. With --shaping zscore and a plain step, lr = 2 sigma alpha gives exactly that step."""
+    dim, pairs, sigma, alpha = 5, 4, 0.05, 0.02
+    es = OpenAIES(sampling(dim, 2 * pairs), sigma, GD(2 * sigma * alpha), shaping=standardized)
+    mean0 = np.array([0.3, -0.1, 0.0, 0.2, -0.4], np.float32)
+    state = es.init(mean0)
+    x = population(es, state, 3)
+    delta = (x[0::2] - x[1::2]) / (2 * sigma)  # each pair's direction, the sign of its first member
+    r = -np.sum((x - 1.0) ** 2, axis=1) * 100.0  # returns on a scale of hundreds, as on MuJoCo
+    expected = mean0 + alpha / (pairs * r.std()) * ((r[0::2] - r[1::2]) @ delta)
+    new, _ = es.tell(state, 3, r)
+    np.testing.assert_allclose(new["mean"], expected, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(new["mean"], OpenAIES(sampling(dim, 2 * pairs), sigma, GD(2 * sigma * alpha)).tell(state, 3, r)[0]["mean"])

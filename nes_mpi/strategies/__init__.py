@@ -12,10 +12,12 @@ STRATEGIES = {cls.name: cls for cls in (OpenAIES, SNES, PGPE)}
 def make_strategy(cfg, noise, dim: int) -> GaussianStrategy:
     """The strategy a Config asks for, over the given noise table and parameter count."""
     from ..optimizers import make_optimizer
+    from ..shaping import SHAPINGS
 
     sampling = Sampling(noise, dim, cfg.population, cfg.antithetic)
     optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum)
-    common = dict(sampling=sampling, sigma=cfg.sigma, optimizer=optimizer, weight_decay=cfg.weight_decay)
+    common = dict(sampling=sampling, sigma=cfg.sigma, optimizer=optimizer, weight_decay=cfg.weight_decay,
+                  shaping=SHAPINGS[cfg.shaping])
     if cfg.strategy == "openai":
         return OpenAIES(**common, top_directions=cfg.top_directions)
     if cfg.strategy == "snes":
