@@ -152,17 +152,28 @@ def read_config(d: Path) -> dict:
     toml = d / "config.toml"
     if toml.is_file():
         try:
-            return load_toml(toml)
+            return _resolved(load_toml(toml))
         except ConfigError:
             pass
     from . import checkpoint as ckpt
 
     for _, p in ckpt.list_checkpoints(d):
         try:
-            return ckpt.load(p, verify=False, legacy=True).config
+            return _resolved(ckpt.load(p, verify=False, legacy=True).config)
         except ckpt.CheckpointError:
             continue
     return {}
+
+
+def _resolved(config: dict) -> dict:
+    """The config as this version resolves it, so a run written before an option existed groups with a run that
+    states that option's default (unreadable as a Config: as written)."""
+    from .config import Config, strategy_options
+
+    try:
+        return Config.from_dict(strategy_options(config)).to_dict()
+    except (ConfigError, TypeError, ValueError):
+        return config
 
 
 # ---- grouping and labels ---------------------------------------------------------------------------------

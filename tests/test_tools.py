@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,19 @@ def test_plot_groups_seeds(runs):
     from nes_mpi.plot import group_runs, read_run
 
     groups = group_runs([read_run(str(runs / f"CartPole-v1-seed{s}")) for s in (0, 1)])
+    assert [(label, len(members)) for label, members in groups] == [("CartPole-v1 (seeds 0, 1)", 2)]
+
+
+def test_plot_groups_a_run_from_before_an_option_existed_with_one_that_states_its_default(runs, tmp_path):
+    from nes_mpi.plot import group_runs, read_run
+
+    older = tmp_path / "CartPole-v1-seed1"
+    shutil.copytree(runs / "CartPole-v1-seed1", older)
+    toml = older / "config.toml"
+    lines = toml.read_text().splitlines(keepends=True)
+    assert any(line.startswith("shaping = ") for line in lines)
+    toml.write_text("".join(line for line in lines if not line.startswith("shaping = ")))  # as older versions wrote it
+    groups = group_runs([read_run(str(runs / "CartPole-v1-seed0")), read_run(str(older))])
     assert [(label, len(members)) for label, members in groups] == [("CartPole-v1 (seeds 0, 1)", 2)]
 
 
