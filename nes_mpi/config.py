@@ -55,6 +55,10 @@ class Config:
     activation: str = _f("tanh", "MLP activation", choices=ACTIVATIONS)
     obs_norm: bool = _f(True, "normalise observations with running statistics pooled over all ranks")
     obs_clip: float = _f(5.0, "clip normalised observations to [-c, c] (not used with --no-obs-norm: raw observations)")
+    obs_std_floor: float = _f(1e-2, "smallest std an observation is divided by (ARS: about 0, so that nearly "
+                              "constant entries count as much as the others)")
+    clip_actions: bool = _f(True, "clip a linear policy's actions to the action space (off: they reach the env raw, "
+                            "as in ARS: MuJoCo clamps the controls, the control cost sees the raw action)")
     # strategy
     strategy: str = _f("openai", "search strategy: openai (Salimans et al. 2017), snes (separable NES, Wierstra et al. 2014), "
                        "pgpe (Sehnke et al. 2010)", choices=STRATEGY_NAMES)
@@ -133,6 +137,7 @@ class Config:
         need(0 < self.fail_fraction <= 1, f"--fail-fraction must be in (0, 1] (got {self.fail_fraction})")
         need(self.fail_generations >= 0, f"--fail-generations must be >= 0 (got {self.fail_generations})")
         need(self.obs_clip > 0, f"--obs-clip must be > 0 (got {self.obs_clip})")
+        need(self.obs_std_floor > 0, f"--obs-std-floor must be > 0 (got {self.obs_std_floor})")
         need(self.noise_table_size >= 1 << 16, "--noise-table-size must be at least 65536")
         need(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
         need(self.policy in POLICIES, f"--policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")

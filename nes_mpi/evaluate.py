@@ -93,7 +93,8 @@ class PolicyRunner:
                                render_mode=render_mode)
         try:
             try:
-                actual = spec_for(self.handle.outer, spec.kind, spec.hidden_sizes, spec.activation)
+                actual = spec_for(self.handle.outer, spec.kind, spec.hidden_sizes, spec.activation,
+                                  spec.clip_actions)
             except ValueError as e:
                 raise ConfigError(f"environment {env_id!r}: {e}") from None
             if actual != spec:

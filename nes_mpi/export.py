@@ -95,7 +95,8 @@ def write_onnx(policy: TrainedPolicy, path: Path) -> None:
         x = node("Add", [x, const("act_low", forward.low)])
         out_type = TensorProto.FLOAT
     else:
-        x = node("Min", [node("Max", [x, const("act_low", forward.low)]), const("act_high", forward.high)])
+        if spec.clip_actions:
+            x = node("Min", [node("Max", [x, const("act_low", forward.low)]), const("act_high", forward.high)])
         out_type = TensorProto.FLOAT
     nodes.append(helper.make_node("Identity", [x], ["action"]))
     graph = helper.make_graph(

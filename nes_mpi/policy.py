@@ -42,6 +42,7 @@ class PolicySpec:
     activation: str = "tanh"
     action_low: tuple = ()
     action_high: tuple = ()
+    clip_actions: bool = True  # False: unsquashed actions go to the env raw (ARS); the env clamps them
 
     @property
     def layer_sizes(self) -> list[int]:
@@ -67,7 +68,7 @@ class PolicySpec:
         return cls(**d)
 
 
-def spec_for(env, kind: str, hidden_sizes, activation: str) -> PolicySpec:
+def spec_for(env, kind: str, hidden_sizes, activation: str, clip_actions: bool = True) -> PolicySpec:
     """Read observation and action shapes off a gymnasium environment."""
     from gymnasium import spaces
 
@@ -78,7 +79,8 @@ def spec_for(env, kind: str, hidden_sizes, activation: str) -> PolicySpec:
         return PolicySpec(kind, int(obs_space.shape[0]), int(act_space.n), True, tuple(hidden_sizes), activation)
     if isinstance(act_space, spaces.Box) and len(act_space.shape) == 1:
         return PolicySpec(kind, int(obs_space.shape[0]), int(act_space.shape[0]), False, tuple(hidden_sizes),
-                          activation, tuple(float(x) for x in act_space.low), tuple(float(x) for x in act_space.high))
+                          activation, tuple(float(x) for x in act_space.low), tuple(float(x) for x in act_space.high),
+                          bool(clip_actions))
     raise ValueError(f"action space must be Discrete or a flat Box, got {act_space}")
 
 
@@ -169,4 +171,4 @@ class BatchPolicy:
         if self.squash:
             np.tanh(h, out=h)
             return self.low + (h + np.float32(1.0)) * self.half_range
-        return np.clip(h, self.low, self.high)
+        return np.clip(h, self.low, self.high) if self.spec.clip_actions else h

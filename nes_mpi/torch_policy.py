@@ -28,6 +28,7 @@ class TorchPolicy(nn.Module):
         self.net = nn.Sequential(*layers)
         bounded = not spec.discrete and spec.kind == "mlp" and np.all(np.isfinite(spec.action_low + spec.action_high))
         self.squash = bool(bounded)
+        self.clip = bool(spec.clip_actions)
         self.discrete = bool(spec.discrete)  # plain attributes, so that torch.jit.script can compile forward()
         self.register_buffer("low", torch.tensor(spec.action_low, dtype=torch.float32))
         self.register_buffer("high", torch.tensor(spec.action_high, dtype=torch.float32))
@@ -39,7 +40,9 @@ class TorchPolicy(nn.Module):
             return out.argmax(-1)
         if self.squash:
             return self.low + (torch.tanh(out) + 1.0) * 0.5 * (self.high - self.low)
-        return torch.clamp(out, self.low, self.high)
+        if self.clip:
+            return torch.clamp(out, self.low, self.high)
+        return out
 
 
 def get_flat(module: nn.Module) -> np.ndarray:

@@ -61,7 +61,8 @@ class TrainedPolicy:
         from .policy import spec_for
 
         try:
-            actual = spec_for(env, self.spec.kind, self.spec.hidden_sizes, self.spec.activation)
+            actual = spec_for(env, self.spec.kind, self.spec.hidden_sizes, self.spec.activation,
+                              self.spec.clip_actions)
         except ValueError as e:
             raise ConfigError(f"environment {env}: {e}") from None
         if actual != self.spec:
@@ -91,7 +92,8 @@ def policy_from_state(state, source: str = "checkpoint") -> TrainedPolicy:
     if params.shape != (spec.num_params,):
         raise ConfigError(f"{source}: {params.size} parameters stored, the policy needs {spec.num_params}")
     cfg = state.config
-    norm = ObsNorm(spec.obs_dim, float(cfg.get("obs_clip", 5.0)), bool(cfg.get("obs_norm", True)))
+    norm = ObsNorm(spec.obs_dim, float(cfg.get("obs_clip", 5.0)), bool(cfg.get("obs_norm", True)),
+                   float(cfg.get("obs_std_floor", 1e-2)))
     try:
         norm.load_state_dict(state.obs_norm)
     except (KeyError, ValueError) as e:

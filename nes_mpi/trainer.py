@@ -290,7 +290,7 @@ class Trainer:
         self.envs = [h.env for h in self.handles]
         self.max_steps = first.max_steps
         try:
-            self.spec = spec_for(first.outer, cfg.policy, cfg.hidden_sizes, cfg.activation)
+            self.spec = spec_for(first.outer, cfg.policy, cfg.hidden_sizes, cfg.activation, cfg.clip_actions)
         except ValueError as e:
             raise ConfigError(f"environment {cfg.env!r}: {e}") from None
         if self.state is not None and PolicySpec.from_dict(self.state.policy) != self.spec:
@@ -324,7 +324,7 @@ class Trainer:
         vectors = [k for k, v in self.strategy.init(np.zeros(self.dim)).items() if np.ndim(v)]
         self.update_part = self.shared_noise.update_part(self.dim, vectors)  # this rank's range of the update
         say(comm, noise_layout_line(self.shared_noise.layout(comm)))
-        self.obs_norm = ObsNorm(self.spec.obs_dim, cfg.obs_clip, cfg.obs_norm)
+        self.obs_norm = ObsNorm(self.spec.obs_dim, cfg.obs_clip, cfg.obs_norm, cfg.obs_std_floor)
         self.policy = BatchPolicy(self.spec)
         s = self.state
         if s is None:

@@ -90,6 +90,8 @@ OPTION_SETS = {
     "user-env-sgd": ["--env", "faulty_envs:PointEnv", "--optimizer", "sgd", "--population", "6"],
     "zscore-shaping-plain-steps": ["--env", "Hopper-v5", "--shaping", "zscore", "--optimizer", "gd", "--lr", "0.0003",
                                    "--population", "8"],
+    "ars-raw-linear": ["--env", "Hopper-v5", "--policy", "linear", "--no-clip-actions", "--obs-std-floor", "1e-4",
+                       "--obs-clip", "1000", "--population", "8"],
 }
 SMALL = ["--max-episode-steps", "60", "--hidden-sizes", "16,16", "--eval-every", "2", "--eval-episodes", "3",
          "--noise-table-size", str(1 << 20), "--checkpoint-every", "2"]

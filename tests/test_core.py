@@ -177,10 +177,12 @@ SPECS = [
     PolicySpec("mlp", 17, 6, False, (64, 64), "tanh", (-1.0,) * 6, (1.0,) * 6),
     PolicySpec("mlp", 4, 2, True, (32,), "relu"),
     PolicySpec("linear", 11, 3, False, (), "tanh", (-0.4,) * 3, (0.4,) * 3),
+    PolicySpec("linear", 11, 3, False, (), "tanh", (-0.4,) * 3, (0.4,) * 3, clip_actions=False),
 ]
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}-{'disc' if s.discrete else 'box'}")
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}-{'disc' if s.discrete else 'box'}"
+                                                    f"{'' if s.clip_actions else '-raw'}")
 def test_numpy_forward_matches_torch_module_and_is_batch_invariant(spec):
     rng = np.random.default_rng(0)
     theta = initial_params(spec, 0)
@@ -199,8 +201,13 @@ def test_numpy_forward_matches_torch_module_and_is_batch_invariant(spec):
             assert ref == batched[i]
         else:
             np.testing.assert_allclose(ref, batched[i], atol=1e-5)
-            assert np.all(batched[i] >= np.array(spec.action_low) - 1e-6)
-            assert np.all(batched[i] <= np.array(spec.action_high) + 1e-6)
+            inside = (np.all(batched[i] >= np.array(spec.action_low) - 1e-6)
+                      and np.all(batched[i] <= np.array(spec.action_high) + 1e-6))
+            assert inside or not spec.clip_actions
+    if not spec.discrete and not spec.clip_actions:  # raw actions: exactly W x + b, out of bounds here
+        w = P[:, : spec.obs_dim * spec.act_dim].reshape(9, spec.act_dim, spec.obs_dim)
+        np.testing.assert_allclose(batched, np.einsum("bij,bj->bi", w, x) + P[:, -spec.act_dim:], rtol=1e-5, atol=1e-5)
+        assert np.abs(batched).max() > 0.4
     assert np.array_equal(bp(x[[2, 5]], rows=[2, 5]), batched[[2, 5]])
 
 

@@ -77,3 +77,27 @@ def test_without_normalisation_the_policy_sees_raw_unclipped_observations():
 
     assert res.returns[0] == episode_by_hand(LargeObsPointEnv(), spec, theta, 4, lambda o: o)
     assert res.returns[0] != episode_by_hand(LargeObsPointEnv(), spec, theta, 4, lambda o: np.clip(o, -5, 5))
+
+
+@pytest.mark.parametrize("clip_actions", [True, False])
+def test_a_linear_policy_clips_its_actions_unless_told_not_to(clip_actions):
+    """--no-clip-actions (ARS): Hopper-v5 gets W x + b raw, so its control cost sees actions beyond +-1
+    (MuJoCo clamps the controls themselves); by default it gets them clipped. The reference steps the env
+    in plain numpy."""
+    handle = make_env("Hopper-v5")
+    spec = spec_for(handle.outer, "linear", (), "tanh", clip_actions)
+    theta = (0.8 * np.random.default_rng(5).standard_normal(spec.num_params)).astype(np.float32)
+    res = _run([handle.env], theta[None, :], [[3]], spec, max_steps=1000)
+    w = theta[: spec.obs_dim * spec.act_dim].reshape(spec.act_dim, spec.obs_dim)
+    env = make_env("Hopper-v5").env
+    obs, _ = env.reset(seed=3)
+    total, ctrl_costs, done = 0.0, [], False
+    while not done:
+        a = w @ np.clip(np.asarray(obs, np.float32), -5, 5) + theta[-spec.act_dim:]
+        obs, r, term, trunc, info = env.step(np.clip(a, -1, 1) if clip_actions else a)
+        total += r
+        ctrl_costs.append(-info["reward_ctrl"])
+        done = term or trunc
+    assert res.returns[0] == pytest.approx(total, rel=1e-4)
+    # Hopper's control cost is 1e-3 |a|^2 over 3 actuators: at most 3e-3 per step inside the bounds
+    assert (max(ctrl_costs) > 3e-3) != clip_actions

@@ -18,11 +18,14 @@ from nes_mpi.checkpoint import load
 from nes_mpi.evaluate import EVAL_CLI_STREAM, PolicyRunner
 from nes_mpi.rollout import episode_seed
 
-# Discrete (CartPole: argmax), bounded continuous (Hopper: tanh squash), linear policy (Pendulum: clipping).
+# Discrete (CartPole: argmax), bounded continuous (Hopper: tanh squash), linear policy (Pendulum: clipping),
+# linear policy with raw actions and a tiny observation std floor (MountainCarContinuous, ARS's setting).
 RUNS = {
     "CartPole-v1": ["--population", "8", "--max-episode-steps", "120"],
     "Hopper-v5": ["--population", "8", "--max-episode-steps", "120"],
     "Pendulum-v1": ["--population", "8", "--max-episode-steps", "60", "--policy", "linear"],
+    "MountainCarContinuous-v0": ["--population", "8", "--max-episode-steps", "60", "--policy", "linear",
+                                 "--no-clip-actions", "--obs-std-floor", "1e-4", "--obs-clip", "1000"],
 }
 EVAL_SEED, EPISODES = 7, 3
 # float32 tolerance for TorchScript and ONNX: their matrix products sum in another order than numpy's
@@ -131,6 +134,8 @@ def test_exported_torchscript_and_onnx_agree_with_load_policy(ckpts, env_id, tmp
     obs = _observations(ckpt, policy)
     ref = policy(obs)
     discrete = policy.spec.discrete
+    if not policy.spec.clip_actions:  # the raw path really is taken: actions beyond the bounds, floor below 1e-2
+        assert np.abs(ref).max() > 1.0 and policy.obs_std.min() < 1e-2
     with torch.no_grad():
         _assert_agrees(policy.torch_module()(torch.as_tensor(obs)).numpy(), ref, discrete)
 
