@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, read_log, write_result  # noqa: E402
 
+from nes_mpi.config import SAFE_ON_RESUME, Config, load_toml, preset_names, strategy_options  # noqa: E402
+
 STRATEGIES = ("openai", "snes", "pgpe")
 NAME = re.compile(r"^learning_(?P<group>.+)-seed(?P<seed>\d+)\.json$")
 
@@ -39,11 +41,30 @@ def status(row) -> str:
     return "not met"
 
 
-def config_kind(preset: str) -> str:
+def _computes(config: dict) -> dict:
+    """What a config computes: as today's Config resolves it, without what may change on resume or the seed."""
+    return {k: v for k, v in Config.from_dict(config).to_dict().items() if k not in SAFE_ON_RESUME | {"seed"}}
+
+
+def shipped_preset(env: str, strategy: str) -> dict | None:
+    """The shipped preset for `env` as it resolves under `strategy` (None: no preset for the task)."""
+    for name in preset_names():
+        options = load_toml(name)
+        if options.get("env") == env:
+            return _computes(strategy_options({**options, "strategy": strategy}))
+    return None
+
+
+def config_kind(run: dict) -> str:
     """benchmarks/one_config/*.toml: the trainer's defaults, only the task and budget set ("defaults");
-    benchmarks/variants/*.toml: a candidate for a preset ("variant"); else a shipped preset."""
-    preset = str(preset)
-    return "defaults" if "one_config" in preset else "variant" if "variants" in preset else "preset"
+    a run that computes what the task's shipped preset computes today ("preset"), whatever file it was
+    started from; one started from a preset that has changed since ("earlier preset"); else "variant"."""
+    preset = str(run["preset"])
+    if "one_config" in preset:
+        return "defaults"
+    if shipped_preset(run["env"], run["strategy"]) == _computes(run["config"]):
+        return "preset"
+    return "earlier preset" if "/" not in preset and not preset.endswith(".toml") else "variant"
 
 
 def main() -> int:
@@ -63,7 +84,7 @@ def main() -> int:
             best = [r["targets"][i]["best_eval_within_budget"] for r in runs]
             rows.append({
                 "group": group, "env": runs[0]["env"], "strategy": runs[0]["strategy"],
-                "config": config_kind(runs[0]["preset"]),
+                "config": config_kind(runs[0]),
                 "seeds": [r["seed"] for r in runs], "target": target["target"], "within_timesteps": within,
                 "reached_at_timesteps": reached, "median_timesteps": None if med == inf else med,
                 "met": med != inf, "best_eval_within_budget": best,
@@ -103,7 +124,7 @@ def compare_strategies(groups) -> list[dict]:
     when each target was first reached. Prints one markdown table."""
     by_env = defaultdict(dict)
     for group, runs in groups.items():
-        if config_kind(runs[0]["preset"]) == "preset":
+        if config_kind(runs[0]) == "preset":
             by_env[runs[0]["env"]][runs[0]["strategy"]] = (group, runs)
     out = []
     print("\n| task | seeds | window | " + " | ".join(f"{s}: best within window; target reached at" for s in STRATEGIES) + " |")

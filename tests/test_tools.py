@@ -212,3 +212,28 @@ def test_plot_empty_log_exit_2(tmp_path):
     proc = nes("plot", run, "-o", tmp_path / "c.png", cwd=tmp_path)
     assert proc.returncode == 2
     assert "log.csv" in one_error_line(proc)
+
+
+def test_seeds_counts_a_run_as_the_preset_by_what_it_computes():
+    """benchmarks/seeds.py: a run of the shipped preset's settings is "preset" whatever file it was started from
+    (a variant with the same content, or a budget changed on resume); a preset run whose preset has changed
+    since is "earlier preset"; anything else computing differently is "variant"."""
+    import sys
+
+    from nes_mpi.config import Config, load_toml, strategy_options
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import seeds
+
+    hopper = Config.from_dict(strategy_options(load_toml("hopper"))).to_dict()
+    run = {"env": "Hopper-v5", "strategy": "openai", "preset": "hopper", "config": {**hopper, "seed": 2}}
+    assert seeds.config_kind(run) == "preset"
+    assert seeds.config_kind({**run, "preset": "benchmarks/variants/x.toml",
+                              "config": {**hopper, "timesteps": 3_000_000}}) == "preset"
+    changed = {**hopper, "population": 40}
+    assert seeds.config_kind({**run, "config": changed}) == "earlier preset"
+    assert seeds.config_kind({**run, "preset": "benchmarks/variants/x.toml", "config": changed}) == "variant"
+    hopper_snes = Config.from_dict(strategy_options({**load_toml("hopper"), "strategy": "snes"})).to_dict()
+    assert seeds.config_kind({**run, "strategy": "snes", "config": hopper_snes}) == "preset"
+    assert seeds.config_kind({**run, "config": hopper_snes}) == "earlier preset"  # snes settings, labelled openai
+    assert seeds.config_kind({**run, "preset": "benchmarks/one_config/hopper.toml"}) == "defaults"
