@@ -44,6 +44,12 @@ def ranks_at(learning: dict, generation: int) -> int:
     return learning["ranks"]
 
 
+def run_dim(cfg: dict, obs_dim: int, act_dim: int) -> int:
+    """Parameters of the run's policy (the update, the hash check and the checkpoint scale with them)."""
+    sizes = [obs_dim, *(cfg.get("hidden_sizes") or [] if cfg.get("policy", "mlp") == "mlp" else []), act_dim]
+    return sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
+
+
 def idle_fraction(mean_len: float, ranks: int, members: int, sample: np.ndarray, overhead: float) -> float:
     """Idle share of a generation whose episodes average `mean_len` steps, by the schedule model."""
     lengths = np.clip(np.round(sample * mean_len / sample.mean()), 1, common.EPISODE_STEPS)
@@ -82,17 +88,18 @@ def main() -> int:
     comp = dpj["components"]["cpu"]
     k = cost_model.measure_kernels()
     k["split"] = cost_model.split_kernel(ns)
-    hum = cost_model.tasks(dpj, scj)["Humanoid-v5 256-256"]
+    hum = dict(cost_model.tasks(dpj, scj)["Humanoid-v5 256-256"], dim=run_dim(cfg, 348, 17))
     b1 = bw["per_stream_bytes_per_s"]["1"]
 
     result = {"benchmark": "forecast", "command": f"python benchmarks/forecast.py {a.name}", "run": a.name,
-              "env": learning["env"], "population": pop, "generations": len(gens), "timesteps": steps,
+              "env": learning["env"], "population": pop, "parameters": hum["dim"], "generations": len(gens), "timesteps": steps,
               "budget_timesteps": budget, "in_progress": learning.get("in_progress", False),
               "core_hours_here": core_seconds / 3600, "seconds_per_member_step_here": c,
               "machine": common.machine_info(), "at": {}}
     print(f"{a.name}: {len(gens)} generations, {steps / 1e6:.2f} M timesteps, {core_seconds / 3600:.2f} core-hours "
           f"here ({c * 1e6:.0f} us per member-step on one core)")
-    for p in a.ranks:
+    for asked in a.ranks:
+        p = min(asked, pop)  # a rank runs whole members: a population of 460 keeps at most 460 ranks busy
         m = max(1, math.ceil(pop / p))
         g0 = cost_model.generation(p, m, hum, k, comp, b1, common.NETWORKS["ib"], "node_split")
         non = g0["non_rollout_s"]
@@ -105,11 +112,11 @@ def main() -> int:
         rest = max(0, budget - steps)
         rest_gens = rest / (pop * common.EPISODE_STEPS)
         rest_wall = rest / p * c + rest_gens * non  # upright, full-length episodes: no idle
-        result["at"][str(p)] = {"members_per_rank": m, "non_rollout_s_per_generation": non,
+        result["at"][str(asked)] = {"ranks_used": p, "members_per_rank": m, "non_rollout_s_per_generation": non,
                                 "idle_median": float(np.median(idles)), "wall_seconds_so_far": wall,
                                 "wall_seconds_rest_of_budget_full_episodes": rest_wall,
                                 "wall_seconds_whole_budget": wall + rest_wall}
-        print(f"  {p:5d} ranks ({m} member(s) each): so far {wall / 60:7.1f} min (idle median {np.median(idles):.0%}, "
+        print(f"  {asked:5d} ranks ({p} used, {m} member(s) each): so far {wall / 60:7.1f} min (idle median {np.median(idles):.0%}, "
               f"{non * 1e3:.0f} ms non-rollout per generation); the whole {budget / 1e6:.0f} M budget "
               f"{(wall + rest_wall) / 60:.1f} min")
     common.write_result(f"forecast_{a.name}", result)
