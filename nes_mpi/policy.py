@@ -116,6 +116,7 @@ class BatchPolicy:
         self.act = _np_act(spec.activation)
         self.squash = (not spec.discrete and spec.kind == "mlp"
                        and bool(np.all(np.isfinite(spec.action_low + spec.action_high))))
+        self.clip = bool(spec.clip_actions)  # looked up once, not on every step of the rollout
         if not spec.discrete:
             self.low = np.asarray(spec.action_low, dtype=np.float32)
             self.high = np.asarray(spec.action_high, dtype=np.float32)
@@ -171,4 +172,4 @@ class BatchPolicy:
         if self.squash:
             np.tanh(h, out=h)
             return self.low + (h + np.float32(1.0)) * self.half_range
-        return np.clip(h, self.low, self.high) if self.spec.clip_actions else h
+        return np.clip(h, self.low, self.high) if self.clip else h
