@@ -121,7 +121,7 @@ def _train(config, options: dict, comm, resume, force, rewind, stop) -> TrainSum
     except BaseException as e:  # one rank failed: show it and take the job down
         print(f"nes_mpi: rank {comm.rank}: fatal {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         traceback.print_exception(e)
-        _record_failure(trainer, EXIT_ERROR, f"rank {comm.rank}: {type(e).__name__}: {e}")
+        _record_failure(trainer, EXIT_ERROR, f"rank {comm.rank}: {type(e).__name__}: {e}", any_rank=True)
         abort(comm, EXIT_ERROR)
         raise
     trainer.close()
@@ -134,10 +134,10 @@ def _train(config, options: dict, comm, resume, force, rewind, stop) -> TrainSum
         stopped=stopped, stop_signal=heard[0] if heard else None)
 
 
-def _record_failure(trainer, code: int, reason: str) -> None:
-    """Best effort: status.json says "failed" (rank 0 only; a crash on another rank leaves "running")."""
+def _record_failure(trainer, code: int, reason: str, any_rank: bool = False) -> None:
+    """Best effort: status.json says "failed" (rank 0 only, or the failing rank itself with `any_rank`)."""
     try:
-        trainer.record_status("failed", code, reason)
+        trainer.record_status("failed", code, reason, any_rank=any_rank)
     except Exception:
         pass
 

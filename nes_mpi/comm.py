@@ -328,7 +328,18 @@ def slurm_world_mismatch(world_size: int) -> str | None:
     return None
 
 
+ABORT_GRACE_SECONDS = 1.0
+
+
 def abort(comm: MPI.Comm, code: int) -> None:
+    """End the whole job from this rank, after giving the launcher time to forward what this rank printed.
+
+    MPI_Abort makes mpiexec kill every process at once; what the failing rank wrote to stderr just before can
+    still sit in the pipe to the launcher and be lost (seen in CI: a crash on rank 1 exited non-zero with an
+    empty stderr). A second costs nothing next to a crash that nobody can read.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
+    if comm.size > 1:
+        time.sleep(ABORT_GRACE_SECONDS)
     comm.Abort(code)

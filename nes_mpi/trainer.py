@@ -627,9 +627,11 @@ class Trainer:
             self.last_checkpoint = Path(path)
         return code
 
-    def record_status(self, state: str, exit_code: int | None, reason: str, checkpoint=None) -> None:
-        """Rank 0 writes RUN_DIR/status.json (see nes_mpi.status); other ranks do nothing."""
-        if self.comm.rank == 0:
+    def record_status(self, state: str, exit_code: int | None, reason: str, checkpoint=None,
+                      any_rank: bool = False) -> None:
+        """Rank 0 writes RUN_DIR/status.json (see nes_mpi.status); other ranks do nothing, unless `any_rank`:
+        a rank that fails alone records its own failure, since rank 0 is stuck in a collective."""
+        if self.comm.rank == 0 or any_rank:
             write_status(self.run_dir, state, self.generation, self.cfg.generations, exit_code, reason, checkpoint)
 
     def close(self):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import pytest
@@ -116,7 +117,9 @@ def test_a_crash_on_one_rank_ends_the_whole_job(tmp_path, mpiexec):
     proc = nes("--env", "faulty_envs:WrongShapeOnRank1", "--generations", "20", "--population", "8",
                "--run-dir", tmp_path / "crash", *SMALL, ranks=2, timeout=120)
     assert proc.returncode != 0
-    assert "rank 1" in proc.stderr and "fatal" in proc.stderr
+    assert "rank 1" in proc.stderr and "fatal" in proc.stderr, (proc.returncode, proc.stderr)
+    status = json.loads((tmp_path / "crash" / "status.json").read_text())
+    assert status["state"] == "failed" and status["reason"].startswith("rank 1: "), status
 
 
 BAD_INPUT = [
